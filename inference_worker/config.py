@@ -1,0 +1,224 @@
+"""Every setting and limit of the worker, read from the environment (and mirrored by CLI flags) in one place.
+
+Each field's ``validation_alias`` is its environment variable; ``python -m inference_worker --help`` lists them
+with their defaults, and the README's configuration table documents them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .images import ImageLimits
+from .protocol import Limits
+
+MiB = 1024 * 1024
+
+
+def _env(name: str, *more: str) -> AliasChoices:
+    return AliasChoices(name, *more)
+
+
+def _default_demo_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "inference-worker" / "demo"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        populate_by_name=True, extra="ignore", case_sensitive=False, validate_default=True
+    )
+
+    # ---- model -------------------------------------------------------------------------------------------------
+    model_name: str = Field(
+        "Qwen/Qwen3-VL-2B-Instruct",
+        validation_alias=_env("INFERENCE_MODEL_NAME"),
+        description="Hugging Face hub id or local directory of the base model (Qwen3-VL or a text-only causal LM).",
+    )
+    hf_home: Path | None = Field(
+        None, validation_alias=_env("HF_HOME"), description="Hugging Face cache directory (model downloads)."
+    )
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field(
+        "auto",
+        validation_alias=_env("DEVICE"),
+        description="auto|cuda|mps|cpu; an unavailable device falls back to CPU.",
+    )
+    torch_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        validation_alias=_env("TORCH_DTYPE"),
+        description="auto picks bfloat16 on CUDA that supports it (else float16), float16 on MPS, float32 on CPU.",
+    )
+    demo: bool = Field(
+        False,
+        validation_alias=_env("INFERENCE_DEMO"),
+        description="Serve the offline demo: a tiny random Qwen3-VL and adapters demo-a/demo-b (meaningless output).",
+    )
+    demo_dir: Path = Field(
+        default_factory=_default_demo_dir,
+        validation_alias=_env("INFERENCE_DEMO_DIR"),
+        description="Where the demo checkpoint and its adapter store are built once and reused.",
+    )
+
+    # ---- server ------------------------------------------------------------------------------------------------
+    host: str = Field("0.0.0.0", validation_alias=_env("INFERENCE_HOST"), description="Interface to listen on.")
+    port: int = Field(
+        8765, ge=0, le=65535, validation_alias=_env("INFERENCE_PORT"), description="Port (0: any free port)."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", validation_alias=_env("LOG_LEVEL"), description="Log level."
+    )
+    auth_token: SecretStr | None = Field(
+        None,
+        validation_alias=_env("INFERENCE_AUTH_TOKEN"),
+        description="Shared secret; when set, clients must send it (Authorization: Bearer, or ?token=).",
+    )
+
+    # ---- adapters ----------------------------------------------------------------------------------------------
+    default_adapter: str | None = Field(
+        None,
+        validation_alias=_env("INFERENCE_DEFAULT_ADAPTER"),
+        description="Adapter active on new connections; if missing or broken the worker warns and serves the base.",
+    )
+    adapter_store_dir: Path | None = Field(
+        None,
+        validation_alias=_env("ADAPTER_STORE_DIR"),
+        description="Local adapter store (one sub-directory per name). Default ./adapter_store, or the demo's store.",
+    )
+    adapter_local_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=_env("ADAPTER_LOCAL_ROOTS"),
+        description="Directories (separated by ':' or ',') from which adapters may be loaded by absolute path.",
+    )
+    max_loaded_adapters: int = Field(
+        8, ge=1, validation_alias=_env("MAX_LOADED_ADAPTERS"), description="Adapters kept in memory (LRU)."
+    )
+
+    # ---- generation limits -------------------------------------------------------------------------------------
+    max_new_tokens: int = Field(
+        2048, ge=1, validation_alias=_env("MAX_NEW_TOKENS"), description="Cap on max_tokens of any request."
+    )
+    default_max_tokens: int = Field(
+        512, ge=1, validation_alias=_env("DEFAULT_MAX_TOKENS"), description="max_tokens when a request gives none."
+    )
+    max_prompt_tokens: int = Field(
+        16384, ge=1, validation_alias=_env("MAX_PROMPT_TOKENS"), description="Longest prompt (image tokens included)."
+    )
+    max_concurrent_generations: int = Field(
+        2,
+        ge=1,
+        validation_alias=_env("MAX_CONCURRENT_GENERATIONS"),
+        description="Generations running at once (each in its own thread on the shared model).",
+    )
+    max_queue_size: int = Field(
+        32, ge=0, validation_alias=_env("MAX_QUEUE_SIZE"), description="Requests waiting for a slot; beyond: busy."
+    )
+    max_sessions_per_connection: int = Field(
+        8, ge=1, validation_alias=_env("MAX_SESSIONS_PER_CONNECTION"), description="Unfinished generates per socket."
+    )
+    generation_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        validation_alias=_env("GENERATION_TIMEOUT_S"),
+        description="Deadline of one generate, queueing included; overrun ends it with deadline_exceeded.",
+    )
+    max_stop_strings: int = Field(8, ge=0, validation_alias=_env("MAX_STOP_STRINGS"), description="Stop strings.")
+    max_stop_length: int = Field(
+        64, ge=1, validation_alias=_env("MAX_STOP_LENGTH"), description="Characters per stop string."
+    )
+    max_chat_messages: int = Field(
+        256, ge=1, validation_alias=_env("MAX_CHAT_MESSAGES"), description="Chat messages per request."
+    )
+
+    # ---- messages and images -----------------------------------------------------------------------------------
+    max_message_bytes: int = Field(
+        16 * MiB,
+        ge=1024,
+        validation_alias=_env("MAX_MESSAGE_BYTES"),
+        description="Largest WebSocket frame; a bigger one closes the connection with 1009.",
+    )
+    max_images_per_request: int = Field(
+        4, ge=0, validation_alias=_env("MAX_IMAGES_PER_REQUEST"), description="Images in one generate."
+    )
+    image_max_bytes: int = Field(
+        10 * MiB, ge=1, validation_alias=_env("IMAGE_MAX_BYTES"), description="Encoded size of one image."
+    )
+    image_max_source_pixels: int = Field(
+        36_000_000,
+        ge=1,
+        validation_alias=_env("IMAGE_MAX_SOURCE_PIXELS"),
+        description="Width×height read from the header; more is refused before decoding (decompression bombs).",
+    )
+    image_min_pixels: int = Field(
+        64 * 64, ge=1, validation_alias=_env("IMAGE_MIN_PIXELS"), description="Images are resized to at least this."
+    )
+    image_max_pixels: int = Field(
+        1024 * 32 * 32,
+        ge=1,
+        validation_alias=_env("IMAGE_MAX_PIXELS"),
+        description="Images are resized to at most this many pixels (1024 vision tokens for Qwen3-VL).",
+    )
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------------
+    shutdown_grace_s: float = Field(
+        30.0,
+        ge=0,
+        validation_alias=_env("SHUTDOWN_GRACE_S"),
+        description="On SIGTERM, running generations get this long to finish before they end with an error.",
+    )
+    ws_ping_interval_s: float | None = Field(
+        20.0, validation_alias=_env("WS_PING_INTERVAL_S"), description="WebSocket keepalive ping interval."
+    )
+    ws_ping_timeout_s: float | None = Field(
+        20.0, validation_alias=_env("WS_PING_TIMEOUT_S"), description="Close a connection whose pong is this late."
+    )
+
+    @field_validator("adapter_local_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [p for p in value.replace(",", os.pathsep).split(os.pathsep) if p.strip()]
+        return value
+
+    @field_validator("default_adapter", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.default_max_tokens > self.max_new_tokens:
+            self.default_max_tokens = self.max_new_tokens
+        if self.image_min_pixels > self.image_max_pixels:
+            raise ValueError("IMAGE_MIN_PIXELS must not exceed IMAGE_MAX_PIXELS")
+        return self
+
+    # ---- derived -----------------------------------------------------------------------------------------------
+    @property
+    def store_dir(self) -> Path:
+        if self.adapter_store_dir is not None:
+            return self.adapter_store_dir
+        if self.demo:
+            return self.demo_dir / "adapters"
+        return Path("adapter_store")
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_new_tokens=self.max_new_tokens,
+            max_stop_strings=self.max_stop_strings,
+            max_stop_length=self.max_stop_length,
+            max_images_per_request=self.max_images_per_request,
+            max_messages=self.max_chat_messages,
+        )
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(max_bytes=self.image_max_bytes, max_source_pixels=self.image_max_source_pixels)
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        alias = cls.model_fields[field].validation_alias
+        assert isinstance(alias, AliasChoices)
+        return str(alias.choices[0])

@@ -1,0 +1,143 @@
+"""Decode and bound client images before any pixels are touched.
+
+The order matters: the encoded size is checked before base64 decoding, the format is sniffed from the magic bytes,
+and the dimensions are read from the header before the pixels are decoded, so a decompression bomb (a tiny file
+that claims huge dimensions) is refused without allocating its pixels. This module is blocking CPU work: the
+server calls it from a worker thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image
+
+from .errors import ErrorCode, InputError
+
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*),", re.ASCII)
+_MIME_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
+SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP")
+MAX_ASPECT_RATIO = 200  # the Qwen vision preprocessing refuses more
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 10 * 1024 * 1024
+    max_source_pixels: int = 36_000_000
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image  # RGB, fully loaded
+    format: str
+    width: int
+    height: int
+    size_bytes: int
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format named by the magic bytes, or None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:2] == b"BM":
+        return "BMP"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if data[4:12] in (b"ftypavif", b"ftypheic", b"ftypmif1"):
+        return "HEIF/AVIF"
+    return None
+
+
+def _too_large(message: str) -> InputError:
+    return InputError(message, code=ErrorCode.IMAGE_TOO_LARGE)
+
+
+def _invalid(message: str) -> InputError:
+    return InputError(message, code=ErrorCode.INVALID_IMAGE)
+
+
+def _unsupported(message: str) -> InputError:
+    return InputError(message, code=ErrorCode.UNSUPPORTED_IMAGE)
+
+
+def decode_payload(value: str, max_bytes: int) -> bytes:
+    """base64 or a ``data:`` URL → bytes, refusing oversized payloads before decoding them."""
+    payload = value
+    if value.startswith("data:"):
+        match = _DATA_URL.match(value[:256])
+        if match is None:
+            raise _invalid("malformed data URL: expected data:image/<png|jpeg|webp>;base64,<data>")
+        mime = (match.group("mime") or "").lower()
+        if mime not in _MIME_FORMATS:
+            raise _unsupported(f"unsupported image type {mime or '(none)'!r}; send PNG, JPEG or WebP")
+        if ";base64" not in match.group("params").lower():
+            raise _invalid("data URLs must be base64-encoded (data:image/...;base64,...)")
+        payload = value[match.end() :]
+    # 4 base64 characters carry 3 bytes: refuse on the encoded length, before allocating the decoded bytes.
+    if len(payload) // 4 * 3 > max_bytes + 3:
+        raise _too_large(f"image is larger than the limit of {max_bytes} bytes")
+    if any(c.isspace() for c in payload[:4096]) or any(c.isspace() for c in payload[-4096:]):
+        payload = "".join(payload.split())
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise _invalid("image is not valid base64") from None
+    if len(data) > max_bytes:
+        raise _too_large(f"image is {len(data)} bytes, over the limit of {max_bytes}")
+    if not data:
+        raise _invalid("image is empty")
+    return data
+
+
+def decode_image(value: str, limits: ImageLimits = ImageLimits()) -> DecodedImage:
+    """Decode a client image into a loaded RGB PIL image, or raise :class:`InputError` with a precise code."""
+    data = decode_payload(value, limits.max_bytes)
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise _invalid("the bytes are not a PNG, JPEG or WebP image")
+    if fmt not in SUPPORTED_FORMATS:
+        raise _unsupported(f"{fmt} images are not supported; send PNG, JPEG or WebP")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise _too_large("image dimensions exceed the decompression-bomb limit") from None
+        except Exception as exc:  # PIL raises many types for broken headers
+            raise _invalid(f"cannot read the {fmt} header: {exc}") from None
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise _invalid(f"image has no pixels ({width}x{height})")
+        if width * height > limits.max_source_pixels:
+            raise _too_large(
+                f"image is {width}x{height} = {width * height} pixels, over the limit of {limits.max_source_pixels}"
+            )
+        if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+            raise _invalid(f"image aspect ratio {width}x{height} is over {MAX_ASPECT_RATIO}:1")
+        try:
+            image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise _too_large("image dimensions exceed the decompression-bomb limit") from None
+        except Exception as exc:
+            raise _invalid(f"cannot decode the {fmt} image: {exc}") from None
+    return DecodedImage(_to_rgb(image), fmt, width, height, len(data))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")

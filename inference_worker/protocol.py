@@ -1,0 +1,342 @@
+"""The WebSocket protocol: message models, parsing and encoding. Pure: no I/O, no torch.
+
+Every frame is a JSON object with a ``type``. Client messages are parsed into a discriminated union
+(:data:`ClientMessage`); server messages are built from the models below and encoded with :func:`encode`.
+docs/protocol.md is the reference, with one example per message.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from .errors import ErrorCode, ProtocolError, ServiceError
+
+# --------------------------------------------------------------------------------------------------------------------
+# Client → server
+
+
+class _ClientModel(BaseModel):
+    # Unknown fields are mistakes, and "512" is not a number: both get an error instead of a guess.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class TextPart(_ClientModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(_ClientModel):
+    type: Literal["image"]
+    image: str = Field(description="base64, or a data:image/(png|jpeg|webp);base64,... URL")
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class ChatMessage(_ClientModel):
+    role: Literal["system", "user", "assistant"]
+    content: str | Annotated[list[ContentPart], Field(min_length=1)]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+    def images(self) -> list[ImagePart]:
+        if isinstance(self.content, str):
+            return []
+        return [p for p in self.content if isinstance(p, ImagePart)]
+
+
+SessionId = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class Ping(_ClientModel):
+    type: Literal["ping"]
+
+
+class LoadAdapter(_ClientModel):
+    type: Literal["load_adapter"]
+    # Required, and may be null: null returns this connection to the base model.
+    adapter_path: Annotated[str, Field(min_length=1, max_length=1024)] | None
+
+
+class Generate(_ClientModel):
+    type: Literal["generate"]
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    session_id: SessionId | None = None
+    system_prompt: str | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=5.0)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
+    stop: list[Annotated[str, Field(min_length=1)]] | None = None
+    # Absent: the connection's active adapter. null: the base model. A string: that adapter, for this request only.
+    adapter: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _last_is_not_assistant(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        if messages[-1].role == "assistant":
+            raise ValueError("the last message must not be from the assistant: there is nothing to answer")
+        return messages
+
+    @property
+    def adapter_given(self) -> bool:
+        """Whether the request names its own adapter (``"adapter": null`` included)."""
+        return "adapter" in self.model_fields_set
+
+    def images(self) -> list[ImagePart]:
+        return [img for m in self.messages for img in m.images()]
+
+
+class Cancel(_ClientModel):
+    type: Literal["cancel"]
+    session_id: SessionId
+
+
+class StatusRequest(_ClientModel):
+    type: Literal["status"]
+
+
+class ListAdapters(_ClientModel):
+    type: Literal["list_adapters"]
+
+
+ClientMessage = Annotated[
+    Ping | LoadAdapter | Generate | Cancel | StatusRequest | ListAdapters, Field(discriminator="type")
+]
+CLIENT_TYPES = ("ping", "load_adapter", "generate", "cancel", "status", "list_adapters")
+_client_adapter: TypeAdapter[Any] = TypeAdapter(ClientMessage)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The request limits the parser enforces (filled from the settings)."""
+
+    max_new_tokens: int = 2048
+    max_stop_strings: int = 8
+    max_stop_length: int = 64
+    max_images_per_request: int = 4
+    max_messages: int = 256
+
+
+def parse_client_message(frame: str | bytes, limits: Limits = Limits()) -> Any:
+    """Parse one frame into a client message model, or raise :class:`ProtocolError` with a precise code.
+
+    ``max_tokens`` above ``limits.max_new_tokens`` is not an error: it is capped (see :func:`effective_max_tokens`).
+    """
+    if isinstance(frame, bytes):
+        raise ProtocolError(
+            "binary frames are not part of the protocol: send JSON text", code=ErrorCode.UNSUPPORTED_FRAME
+        )
+    try:
+        data = json.loads(frame)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"the frame is not valid JSON: {exc}", code=ErrorCode.INVALID_JSON) from None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"a message must be a JSON object, got {type(data).__name__}")
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError('a message needs a string "type"')
+    if kind not in CLIENT_TYPES:
+        raise ProtocolError(
+            f"unknown message type {kind[:64]!r}; known: {', '.join(CLIENT_TYPES)}", code=ErrorCode.UNKNOWN_TYPE
+        )
+    try:
+        message = _client_adapter.validate_python(data)
+    except ValidationError as exc:
+        raise ProtocolError(f"invalid {kind} message: {_describe(exc)}") from None
+    if isinstance(message, Generate):
+        _check_generate_limits(message, limits)
+    return message
+
+
+def _describe(exc: ValidationError, most: int = 3) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:most]:
+        where = ".".join(str(p) for p in err["loc"] if not isinstance(p, str) or not p.startswith("function-"))
+        parts.append(f"{where or 'message'}: {err['msg']}")
+    more = exc.error_count() - most
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _check_generate_limits(message: Generate, limits: Limits) -> None:
+    if len(message.messages) > limits.max_messages:
+        raise ProtocolError(f"too many messages: {len(message.messages)} > {limits.max_messages}")
+    if message.stop is not None:
+        if len(message.stop) > limits.max_stop_strings:
+            raise ProtocolError(f"too many stop strings: {len(message.stop)} > {limits.max_stop_strings}")
+        if any(len(s) > limits.max_stop_length for s in message.stop):
+            raise ProtocolError(f"a stop string is longer than {limits.max_stop_length} characters")
+    images = len(message.images())
+    if images > limits.max_images_per_request:
+        raise ProtocolError(
+            f"too many images: {images} > {limits.max_images_per_request}", code=ErrorCode.IMAGE_TOO_LARGE
+        )
+
+
+def effective_max_tokens(message: Generate, default: int, cap: int) -> int:
+    """The number of new tokens a request may produce: its own ``max_tokens`` (or the default), at most the cap."""
+    return min(message.max_tokens if message.max_tokens is not None else default, cap)
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Server → client
+
+
+class _ServerModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Pong(_ServerModel):
+    type: Literal["pong"] = "pong"
+
+
+class AdapterLoaded(_ServerModel):
+    type: Literal["adapter_loaded"] = "adapter_loaded"
+    adapter_path: str
+    name: str | None = None
+    digest: str | None = None
+    rank: int | None = None
+    alpha: float | None = None
+    target_modules: list[str] | None = None
+    cached: bool | None = None
+    load_ms: float | None = None
+
+
+class AdapterUnloaded(_ServerModel):
+    type: Literal["adapter_unloaded"] = "adapter_unloaded"
+
+
+class AdapterProgress(_ServerModel):
+    type: Literal["adapter_progress"] = "adapter_progress"
+    adapter_path: str
+    stage: Literal["downloading", "verifying", "loading"]
+    bytes: int = 0
+    total: int | None = None
+
+
+class Token(_ServerModel):
+    type: Literal["token"] = "token"
+    content: str
+    session_id: str
+
+
+class Usage(_ServerModel):
+    prompt_tokens: int
+    completion_tokens: int
+    max_tokens: int
+
+
+class Timings(_ServerModel):
+    queue_ms: float
+    ttft_ms: float | None
+    total_ms: float
+    tokens_per_s: float | None
+
+
+class Done(_ServerModel):
+    type: Literal["done"] = "done"
+    content: str
+    session_id: str
+    finish_reason: Literal["stop", "length", "cancelled"]
+    usage: Usage
+    timings: Timings
+    adapter: str | None
+    seed: int | None = None
+
+
+class Error(_ServerModel):
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: str
+    retryable: bool
+    session_id: str | None = None
+    adapter_path: str | None = None
+
+
+class AdapterUse(_ServerModel):
+    name: str
+    adapter_path: str
+    digest: str | None = None
+    rank: int | None = None
+    target_modules: list[str] | None = None
+    connections: int
+    running: int
+    default: bool = False
+
+
+class Status(_ServerModel):
+    type: Literal["status"] = "status"
+    ready: bool
+    model: str
+    model_type: str
+    device: str
+    dtype: str
+    vision: bool
+    loaded_adapters: list[AdapterUse]
+    max_loaded_adapters: int
+    running: int
+    queued: int
+    max_running: int
+    max_queue: int
+    connections: int
+    limits: dict[str, Any]
+
+
+class AdapterItem(_ServerModel):
+    name: str
+    loaded: bool
+    digest: str | None = None
+    size: int | None = None
+    rank: int | None = None
+    alpha: float | None = None
+    target_modules: list[str] | None = None
+    base_model: str | None = None
+    peft_version: str | None = None
+    created: str | None = None
+
+
+class Adapters(_ServerModel):
+    type: Literal["adapters"] = "adapters"
+    items: list[AdapterItem]
+
+
+ServerMessage = Annotated[
+    Pong | AdapterLoaded | AdapterUnloaded | AdapterProgress | Token | Done | Error | Status | Adapters,
+    Field(discriminator="type"),
+]
+server_message_adapter: TypeAdapter[Any] = TypeAdapter(ServerMessage)
+
+
+def encode(message: _ServerModel) -> str:
+    """Serialise a server message: fields left unset are omitted; ``type`` always comes first."""
+    body = message.model_dump(mode="json", exclude_unset=True)
+    body.pop("type", None)
+    return json.dumps({"type": message.type, **body}, ensure_ascii=False)  # type: ignore[attr-defined]
+
+
+def error_message(exc: ServiceError, *, session_id: str | None = None, adapter_path: str | None = None) -> Error:
+    fields: dict[str, Any] = {"code": exc.code, "message": exc.message, "retryable": exc.retryable}
+    if session_id is not None:
+        fields["session_id"] = session_id
+    if adapter_path is not None:
+        fields["adapter_path"] = adapter_path
+    return Error(**fields)
+
+
+def parse_server_message(frame: str) -> Any:
+    """Parse a server frame (used by clients and by tests that check every reply is a valid message)."""
+    return server_message_adapter.validate_json(frame)

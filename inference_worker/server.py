@@ -1,0 +1,169 @@
+"""The WebSocket server: websockets' asyncio ``serve``, HTTP health/ready/metrics in ``process_request``, SIGTERM.
+
+The port opens at once, so ``/health`` and ``/ready`` answer while the model loads; WebSocket handshakes are refused
+with 503 until the model is loaded (the worker never accepts a connection it cannot serve).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import signal
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from .config import Settings
+from .metrics import CONTENT_TYPE
+from .service import Service
+from .session import Session
+
+log = logging.getLogger(__name__)
+
+
+def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                       ("Cache-Control", "no-store")])
+    return Response(status.value, status.phrase, headers, body)
+
+
+def _json(status: HTTPStatus, payload: dict[str, Any]) -> Response:
+    return _response(status, json.dumps(payload).encode() + b"\n", "application/json")
+
+
+class WorkerServer:
+    """Owns the service and the listening socket. ``start`` returns once the port is open."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.service = Service(settings)
+        self.server: Server | None = None
+        self.loading: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def start(self, *, load: bool = True) -> None:
+        s = self.settings
+        self.server = await serve(
+            self._handle,
+            s.host,
+            s.port,
+            process_request=self._process_request,
+            max_size=s.max_message_bytes,
+            ping_interval=s.ws_ping_interval_s,
+            ping_timeout=s.ws_ping_timeout_s,
+            server_header="inference-worker",
+        )
+        log.info("listening on ws://%s:%d (HTTP /health /ready /metrics)", s.host, self.port)
+        if load:
+            self.loading = asyncio.create_task(self._load())
+
+    async def _load(self) -> None:
+        try:
+            await self.service.start()
+        except Exception as exc:
+            self.service.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("the model could not be loaded")
+            raise
+        log.info("ready: %s on %s", self.service.model_name, self.service.engine.info.device)  # type: ignore[union-attr]
+
+    async def wait_ready(self) -> None:
+        assert self.loading is not None
+        await self.loading
+
+    # ---- HTTP ------------------------------------------------------------------------------------------------
+    def _authorized(self, request: Request) -> bool:
+        token = self.settings.auth_token
+        if token is None:
+            return True
+        expected = token.get_secret_value().encode()
+        header = request.headers.get("Authorization", "")
+        given = header[7:] if header.lower().startswith("bearer ") else ""
+        if not given:
+            given = (parse_qs(urlsplit(request.path).query).get("token") or [""])[0]
+        return hmac.compare_digest(given.encode(), expected)
+
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        service = self.service
+        if path == "/health":
+            status = HTTPStatus.INTERNAL_SERVER_ERROR if service.load_error else HTTPStatus.OK
+            return _json(status, service.health())
+        if path == "/ready":
+            ready = service.ready and not service.draining
+            return _json(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, service.health())
+        if not self._authorized(request):
+            return _json(HTTPStatus.UNAUTHORIZED, {"error": "unauthorized", "message": "missing or wrong token"})
+        if path == "/metrics":
+            return _response(HTTPStatus.OK, service.metrics.render(), CONTENT_TYPE)
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return _json(HTTPStatus.NOT_FOUND, {"error": "not_found", "paths": ["/health", "/ready", "/metrics"],
+                                                "websocket": "any other path"})
+        if service.draining:
+            return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "shutting_down"})
+        if not service.ready:
+            return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "loading", "message": "the model is loading"})
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        await Session(self.service, ws).run()
+
+    # ---- shutdown --------------------------------------------------------------------------------------------
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop listening, let running generations finish (up to the grace period), close connections."""
+        if self._stopping is None:
+            self._stopping = asyncio.create_task(self._stop(self.settings.shutdown_grace_s if grace_s is None
+                                                            else grace_s))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace_s: float) -> None:
+        log.info("shutting down: no new connections, %.0f s grace for running generations", grace_s)
+        assert self.server is not None
+        self.service.draining = True
+        self.server.close(close_connections=False)
+        if self.loading is not None and not self.loading.done():
+            self.loading.cancel()
+            with contextlib.suppress(BaseException):
+                await self.loading
+        await self.service.drain(grace_s)
+        closing = [
+            asyncio.create_task(conn.close(1001, "server shutting down"))
+            for conn in list(self.server.connections)
+        ]
+        if closing:
+            await asyncio.wait(closing, timeout=5)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.server.wait_closed(), timeout=10)
+        self.service.close()
+        log.info("stopped")
+
+
+async def run(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT; returns the process exit code."""
+    worker = WorkerServer(settings)
+    await worker.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    assert worker.loading is not None
+    done, _ = await asyncio.wait({worker.loading, asyncio.ensure_future(stop.wait())},
+                                 return_when=asyncio.FIRST_COMPLETED)
+    if worker.loading in done and worker.loading.exception() is not None:
+        await worker.stop(0)
+        return 1
+    await stop.wait()
+    await worker.stop()
+    return 0

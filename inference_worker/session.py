@@ -1,0 +1,427 @@
+"""One WebSocket connection: receive → validate → dispatch → stream. Owns its generations and their cancels.
+
+Every ``generate`` ends with exactly one terminal message (``done`` or ``error``), whatever happens: bad input, a
+full queue, an adapter failure, a cancel, a deadline, a shutdown. The connection stays usable after any error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from . import protocol as p
+from .engine import ChatTurn, Job, Result
+from .errors import (
+    CapacityError,
+    DeadlineExceeded,
+    ErrorCode,
+    InputError,
+    InternalError,
+    ProtocolError,
+    ServiceError,
+    SessionError,
+)
+from .images import decode_image
+from .lora import Loaded
+from .service import Service
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_END = object()
+
+
+class _Cancelled(Exception):
+    """The generation was cancelled (or aborted) while it waited for something."""
+
+
+@dataclass
+class AdapterHandle:
+    """A connection's active adapter: the reference it asked for and the content it resolved to."""
+
+    ref: str
+    key: str
+
+
+@dataclass
+class Generation:
+    session_id: str
+    cancel: threading.Event = field(default_factory=threading.Event)  # seen by the generation thread
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)  # seen by the event loop
+    abort_error: ServiceError | None = None  # when set, the terminal message is this error
+    task: asyncio.Task[None] | None = None
+
+    def stop(self, error: ServiceError | None = None) -> None:
+        if error is not None and self.abort_error is None and not self.cancel.is_set():
+            self.abort_error = error
+        self.cancel.set()
+        self.cancelled.set()
+
+
+class Session:
+    def __init__(self, service: Service, ws: ServerConnection) -> None:
+        self.service = service
+        self.ws = ws
+        self.generations: dict[str, Generation] = {}
+        self.adapter: AdapterHandle | None = None
+        self._adapter_change: asyncio.Task[AdapterHandle | None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self.peer = _peer(ws)
+        default = service.default_adapter
+        if default is not None and service.registry is not None and service.registry.get(default.key) is default:
+            self.adapter = AdapterHandle(default.ref, default.key)
+            default.connections += 1
+
+    # ---- connection loop -------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        self.service.sessions.add(self)
+        self.service.metrics.connections.set(len(self.service.sessions))
+        try:
+            async for frame in self.ws:
+                await self.dispatch(frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._closed = True
+            for gen in list(self.generations.values()):
+                gen.stop()  # a client that disconnects cancels all of its generations
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._set_adapter(None)
+            self.service.sessions.discard(self)
+            self.service.metrics.connections.set(len(self.service.sessions))
+
+    async def dispatch(self, frame: str | bytes) -> None:
+        try:
+            message = p.parse_client_message(frame, self.service.limits)
+        except ProtocolError as exc:
+            await self.send(p.error_message(exc))
+            return
+        match message:
+            case p.Ping():
+                await self.send(p.Pong())
+            case p.StatusRequest():
+                await self.send(self.service.status())
+            case p.ListAdapters():
+                self._spawn(self._list_adapters())
+            case p.LoadAdapter():
+                previous = self._adapter_change
+                self._adapter_change = self._spawn(self._load_adapter(message, previous))
+            case p.Cancel():
+                gen = self.generations.get(message.session_id)
+                if gen is None:
+                    await self.send(p.error_message(SessionError(
+                        f"no running generation with session_id {message.session_id!r} on this connection",
+                        code=ErrorCode.UNKNOWN_SESSION), session_id=message.session_id))
+                else:
+                    gen.stop()
+            case p.Generate():
+                await self._start_generation(message)
+
+    async def send(self, message: Any) -> bool:
+        if self._closed:
+            return False
+        try:
+            await self.ws.send(p.encode(message))
+            return True
+        except ConnectionClosed:
+            self._closed = True
+            for gen in self.generations.values():
+                gen.stop()
+            return False
+
+    def _spawn(self, coro: Awaitable[T]) -> asyncio.Task[T]:
+        task: asyncio.Task[T] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def abort_all(self, error: ServiceError) -> None:
+        for gen in list(self.generations.values()):
+            gen.stop(error)
+
+    # ---- adapters --------------------------------------------------------------------------------------------
+    def _set_adapter(self, entry: Loaded | None, ref: str | None = None) -> None:
+        registry = self.service.registry
+        if self.adapter is not None and registry is not None:
+            old = registry.get(self.adapter.key)
+            if old is not None:
+                old.connections -= 1
+        self.adapter = None
+        if entry is not None:
+            entry.connections += 1
+            self.adapter = AdapterHandle(ref or entry.ref, entry.key)
+
+    async def _load_adapter(
+        self, message: p.LoadAdapter, previous: asyncio.Task[AdapterHandle | None] | None
+    ) -> AdapterHandle | None:
+        """Change this connection's adapter; returns the connection's adapter once this change is applied."""
+        if previous is not None:
+            await asyncio.wait([previous])  # adapter changes apply in the order they were sent
+        ref = message.adapter_path
+        if ref is None:
+            self._set_adapter(None)
+            await self.send(p.AdapterUnloaded())
+            return None
+        registry = self.service.registry
+        assert registry is not None
+        started = time.perf_counter()
+        try:
+            outcome = await registry.load(ref, self._progress(ref))
+        except ServiceError as exc:
+            log.info("load_adapter %s from %s refused: %s", ref, self.peer, exc)
+            await self.send(p.error_message(exc, adapter_path=ref))
+            return self.adapter
+        entry = outcome.entry
+        self._set_adapter(entry, ref)
+        handle = self.adapter
+        await self.send(p.AdapterLoaded(
+            adapter_path=ref, name=entry.name, digest=entry.digest, rank=entry.rank, alpha=entry.alpha,
+            target_modules=entry.target_modules, cached=outcome.cached,
+            load_ms=round((time.perf_counter() - started) * 1000, 2),
+        ))
+        return handle
+
+    def _progress(self, ref: str) -> Callable[[str, int, int | None], None]:
+        """A progress callback usable from any thread; download progress is sent at most every 100 ms."""
+        loop = asyncio.get_running_loop()
+        last_at = [0.0]
+        last_stage = [""]
+
+        def report(stage: str, done: int, total: int | None) -> None:
+            now = time.monotonic()
+            if stage == last_stage[0] and now - last_at[0] < 0.1 and (total is None or done < total):
+                return
+            last_at[0], last_stage[0] = now, stage
+            message = p.AdapterProgress(adapter_path=ref, stage=stage, bytes=done, total=total)  # type: ignore[arg-type]
+            loop.call_soon_threadsafe(lambda: self._spawn(self.send(message)))
+
+        return report
+
+    async def _list_adapters(self) -> None:
+        try:
+            await self.send(await self.service.list_adapters())
+        except ServiceError as exc:
+            await self.send(p.error_message(exc))
+
+    # ---- generation ------------------------------------------------------------------------------------------
+    async def _start_generation(self, message: p.Generate) -> None:
+        session_id = message.session_id or p.new_session_id()
+        try:
+            if session_id in self.generations:
+                raise SessionError(f"session_id {session_id!r} is already running on this connection",
+                                   code=ErrorCode.DUPLICATE_SESSION)
+            limit = self.service.settings.max_sessions_per_connection
+            if len(self.generations) >= limit:
+                raise SessionError(f"this connection already runs {limit} generations (MAX_SESSIONS_PER_CONNECTION)",
+                                   code=ErrorCode.TOO_MANY_SESSIONS, retryable=True)
+            if self.service.draining:
+                raise CapacityError("the worker is shutting down", code=ErrorCode.SHUTTING_DOWN)
+            engine = self.service.engine
+            assert engine is not None
+            if message.images() and not engine.info.vision:
+                raise InputError(f"{self.service.model_name} is a text-only model: it cannot read images",
+                                 code=ErrorCode.IMAGES_NOT_SUPPORTED)
+            if message.system_prompt is not None and message.messages[0].role == "system":
+                raise ProtocolError("give the system prompt either as system_prompt or as a first system message, "
+                                    "not both")
+            self.service.admission.admit()
+        except ServiceError as exc:
+            self.service.metrics.requests.labels(str(exc.code)).inc()
+            await self.send(p.error_message(exc, session_id=session_id))
+            return
+        gen = Generation(session_id)
+        self.generations[session_id] = gen
+        # The adapter is the one this connection has once every load_adapter sent before this generate is applied.
+        change = self._adapter_change
+        adapter: asyncio.Task[AdapterHandle | None] | AdapterHandle | None = (
+            change if change is not None and not change.done() else self.adapter
+        )
+        gen.task = self._spawn(self._generate(message, gen, adapter))
+
+    async def _generate(
+        self, message: p.Generate, gen: Generation, adapter: asyncio.Task[AdapterHandle | None] | AdapterHandle | None
+    ) -> None:
+        service = self.service
+        settings = service.settings
+        admitted = time.perf_counter()
+        deadline = asyncio.get_running_loop().call_later(
+            settings.generation_timeout_s,
+            gen.stop,
+            DeadlineExceeded(
+                f"generation did not finish within GENERATION_TIMEOUT_S={settings.generation_timeout_s:g}s"
+            ),
+        )
+        entry: Loaded | None = None
+        terminal: Any = None
+        try:
+            turns = await self._until_cancelled(gen, asyncio.to_thread(self._turns, message))
+            entry = await self._until_cancelled(gen, self._pin_adapter(message, adapter))
+            terminal = await self._run(message, gen, turns, entry, admitted)
+        except _Cancelled:
+            terminal = None
+        except ServiceError as exc:
+            terminal = p.error_message(exc, session_id=gen.session_id)
+        except Exception as exc:  # a bug: still exactly one terminal message
+            log.exception("generation %s failed", gen.session_id)
+            terminal = p.error_message(InternalError(f"{type(exc).__name__}: {exc}"), session_id=gen.session_id)
+        finally:
+            deadline.cancel()
+            if entry is not None and service.registry is not None:
+                await service.registry.unpin(entry)
+            service.admission.release()
+            if gen.abort_error is not None:
+                terminal = p.error_message(gen.abort_error, session_id=gen.session_id)
+            elif terminal is None:
+                terminal = self._cancelled_done(message, gen, entry, admitted)
+            outcome = terminal.code if isinstance(terminal, p.Error) else terminal.finish_reason
+            service.metrics.requests.labels(str(outcome)).inc()
+            del self.generations[gen.session_id]
+            await self.send(terminal)
+
+    def _max_tokens(self, message: p.Generate) -> int:
+        s = self.service.settings
+        return p.effective_max_tokens(message, s.default_max_tokens, s.max_new_tokens)
+
+    def _cancelled_done(self, message: p.Generate, gen: Generation, entry: Loaded | None, admitted: float) -> p.Done:
+        """The ``done`` of a generation cancelled before it produced anything."""
+        total = (time.perf_counter() - admitted) * 1000
+        return p.Done(
+            content="", session_id=gen.session_id, finish_reason="cancelled",
+            usage=p.Usage(prompt_tokens=0, completion_tokens=0, max_tokens=self._max_tokens(message)),
+            timings=p.Timings(queue_ms=round(total, 2), ttft_ms=None, total_ms=round(total, 2), tokens_per_s=None),
+            adapter=entry.ref if entry else None,
+        )
+
+    async def _until_cancelled(self, gen: Generation, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` unless the generation is cancelled first (then it finishes in the background)."""
+        task = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(gen.cancelled.wait())
+        try:
+            done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task in done and not gen.cancelled.is_set():
+            return task.result()
+        if task.done():
+            result = task.exception() or task.result()
+            if isinstance(result, Loaded):  # pinned just as the cancel came: give it back
+                self._spawn(self.service.registry.unpin(result))  # type: ignore[union-attr]
+        else:
+            task.add_done_callback(self._discard_late)
+        raise _Cancelled
+
+    def _discard_late(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        if task.exception() is None and isinstance(task.result(), Loaded) and self.service.registry is not None:
+            self._spawn(self.service.registry.unpin(task.result()))
+
+    def _turns(self, message: p.Generate) -> list[ChatTurn]:
+        """Protocol messages → chat turns with decoded images (blocking: runs in a thread)."""
+        turns = []
+        if message.system_prompt is not None:
+            turns.append(ChatTurn("system", message.system_prompt))
+        for m in message.messages:
+            images = [decode_image(part.image, self.service.image_limits).image for part in m.images()]
+            turns.append(ChatTurn(m.role, m.text(), images))
+        return turns
+
+    async def _pin_adapter(
+        self, message: p.Generate, adapter: asyncio.Task[AdapterHandle | None] | AdapterHandle | None
+    ) -> Loaded | None:
+        registry = self.service.registry
+        assert registry is not None
+        if message.adapter_given:
+            return await registry.acquire(message.adapter) if message.adapter is not None else None
+        handle = await adapter if isinstance(adapter, asyncio.Task) else adapter
+        if handle is None:
+            return None
+        return await registry.acquire(handle.ref, handle.key)
+
+    async def _run(self, message: p.Generate, gen: Generation, turns: list[ChatTurn], entry: Loaded | None,
+                   admitted: float) -> p.Done | None:
+        service = self.service
+        engine = service.engine
+        assert engine is not None
+        loop = asyncio.get_running_loop()
+        async with service.admission.slot(gen.cancelled) as got_slot:
+            if not got_slot:
+                return None
+            slot_at = time.perf_counter()
+            max_tokens = self._max_tokens(message)
+            sampling = engine.sampling(
+                temperature=message.temperature, top_k=message.top_k, top_p=message.top_p,
+                repetition_penalty=message.repetition_penalty, seed=message.seed,
+            )
+            pieces: asyncio.Queue[Any] = asyncio.Queue()
+            last_token = [0.0]
+            metrics = service.metrics
+
+            def on_token(now: float) -> None:
+                if last_token[0]:
+                    metrics.inter_token.observe(now - last_token[0])
+                else:
+                    metrics.ttft.observe(now - admitted)
+                last_token[0] = now
+
+            job = Job(
+                turns=turns, max_new_tokens=max_tokens, sampling=sampling, stop=list(message.stop or []),
+                adapter=entry.peft_name if entry else None, cancel=gen.cancel,
+                on_text=lambda text: void(loop.call_soon_threadsafe(pieces.put_nowait, text)), on_token=on_token,
+            )
+
+            def work() -> Result:
+                try:
+                    return engine.generate(job)
+                finally:
+                    loop.call_soon_threadsafe(pieces.put_nowait, _END)
+
+            future = loop.run_in_executor(service.generate_pool, work)
+            content: list[str] = []
+            while (piece := await pieces.get()) is not _END:
+                content.append(piece)
+                await self.send(p.Token(content=piece, session_id=gen.session_id))
+            result: Result = await future
+        metrics.tokens.inc(result.completion_tokens)
+        metrics.prompt_tokens.inc(result.prompt_tokens)
+        if gen.abort_error is not None:
+            return None
+        first = result.first_token_at
+        decode_s = result.finished_at - first if first is not None else 0.0
+        return p.Done(
+            content="".join(content),
+            session_id=gen.session_id,
+            finish_reason=result.finish_reason,  # type: ignore[arg-type]
+            usage=p.Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                          max_tokens=max_tokens),
+            timings=p.Timings(
+                queue_ms=round((slot_at - admitted) * 1000, 2),
+                ttft_ms=round((first - admitted) * 1000, 2) if first is not None else None,
+                total_ms=round((result.finished_at - admitted) * 1000, 2),
+                tokens_per_s=round((result.completion_tokens - 1) / decode_s, 2)
+                if result.completion_tokens > 1 and decode_s > 0 else None,
+            ),
+            adapter=entry.ref if entry else None,
+            seed=sampling.seed if sampling.temperature > 0 else None,
+        )
+
+
+def void(_: object) -> None:
+    """Discard a value (a callback's result that the caller does not want)."""
+
+
+def _peer(ws: ServerConnection) -> str:
+    with contextlib.suppress(Exception):
+        host, port = ws.remote_address[:2]
+        return f"{host}:{port}"
+    return "?"
