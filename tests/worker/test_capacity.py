@@ -1,0 +1,165 @@
+"""Admission, deadlines, LRU eviction and the default adapter: each on a worker configured for it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from inference_worker.embedded import EmbeddedWorker
+
+from ..conftest import worker_settings
+from ..helpers import Client, greedy
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_full_queue_answers_busy_at_once(demo, adapter_root):
+    """With 1 running and 1 queued, a third generate gets busy (retryable) immediately; the others finish."""
+    with EmbeddedWorker(worker_settings(demo, adapter_root, max_concurrent_generations=1, max_queue_size=1)) as w, Client(w.url) as c:
+        c.send({"type": "generate", "session_id": "run", **greedy(max_tokens=400)})
+        wait_for(lambda: w.service.admission.running == 1)
+        c.send({"type": "generate", "session_id": "wait", **greedy(max_tokens=5)})
+        wait_for(lambda: w.service.admission.queued == 1)
+        started = time.monotonic()
+        c.send({"type": "generate", "session_id": "third", **greedy(max_tokens=5)})
+        terminals = {}
+        while len(terminals) < 3:
+            m = c.recv()
+            if m["type"] in ("done", "error"):
+                terminals[m["session_id"]] = m
+                if m["session_id"] == "third":
+                    assert time.monotonic() - started < 1.0, "busy must come at once"
+        assert terminals["third"]["code"] == "busy" and terminals["third"]["retryable"] is True
+        assert terminals["run"]["type"] == "done" and terminals["wait"]["type"] == "done"
+        assert terminals["wait"]["timings"]["queue_ms"] > 0
+
+
+def test_queued_request_can_be_cancelled(demo, adapter_root):
+    """A generate cancelled while it waits in the queue ends with done(cancelled) and no tokens."""
+    with EmbeddedWorker(worker_settings(demo, adapter_root, max_concurrent_generations=1, max_queue_size=4)) as w, Client(w.url) as c:
+        c.send({"type": "generate", "session_id": "run", **greedy(max_tokens=400)})
+        wait_for(lambda: w.service.admission.running == 1)
+        c.send({"type": "generate", "session_id": "queued", **greedy(max_tokens=5)})
+        wait_for(lambda: w.service.admission.queued == 1)
+        c.send({"type": "cancel", "session_id": "queued"})
+        stream = c.collect("queued")
+        assert stream.terminal["finish_reason"] == "cancelled" and not stream.tokens
+        assert c.collect("run").terminal["type"] == "done"
+        wait_for(lambda: w.service.admission.admitted == 0)
+
+
+def test_many_clients_every_generate_gets_exactly_one_terminal(demo, adapter_root):
+    """12 clients × 3 requests on 2 slots and a queue of 4: each request ends with one done or one busy."""
+    with EmbeddedWorker(worker_settings(demo, adapter_root, max_concurrent_generations=2, max_queue_size=4)) as w:
+        results: list[list[dict]] = []
+        lock = threading.Lock()
+
+        def client(i):
+            with Client(w.url) as c:
+                if i % 3:
+                    c.load(f"demo-{'ab'[i % 2]}")
+                for n in range(3):
+                    c.send({"type": "generate", "session_id": f"{i}-{n}", **greedy(max_tokens=20)})
+                seen = []
+                while len([m for m in seen if m["type"] in ("done", "error")]) < 3:
+                    seen.append(c.recv(60))
+                time.sleep(0.2)
+                with lock:
+                    results.append(seen)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert len(results) == 12
+        for seen in results:
+            terminals = [m for m in seen if m["type"] in ("done", "error")]
+            assert len(terminals) == 3 and len({m["session_id"] for m in terminals}) == 3
+            assert all(m["type"] == "done" or m["code"] == "busy" for m in terminals)
+        assert w.service.admission.admitted == 0
+
+
+def test_deadline_overrun_is_an_error(demo, adapter_root):
+    """A generation past GENERATION_TIMEOUT_S is stopped and ends with deadline_exceeded (one terminal)."""
+    with EmbeddedWorker(worker_settings(demo, adapter_root, generation_timeout_s=0.5)) as w, Client(w.url) as c:
+        stream = c.generate(**greedy(max_tokens=2000), session_id="slow")
+        assert stream.terminal["type"] == "error" and stream.terminal["code"] == "deadline_exceeded"
+        assert stream.terminal["session_id"] == "slow" and stream.terminal["retryable"] is True
+        assert len(stream.tokens) > 0 and stream.text
+        assert c.generate(**greedy(max_tokens=3)).terminal["type"] == "done"
+
+
+def test_lru_eviction_and_transparent_reload(demo, adapter_root):
+    """MAX_LOADED_ADAPTERS=1: loading demo-b evicts demo-a; a connection on demo-a reloads it on its next generate."""
+    with EmbeddedWorker(worker_settings(demo, adapter_root, max_loaded_adapters=1)) as w:
+        with Client(w.url) as a, Client(w.url) as b:
+            a.load("demo-a")
+            first = a.generate(**greedy(max_tokens=30)).terminal["content"]
+            b.load("demo-b")
+            wait_for(lambda: [e.ref for e in w.service.registry.loaded.values()] == ["demo-b"])
+            again = a.generate(**greedy(max_tokens=30)).terminal
+            assert again["adapter"] == "demo-a" and again["content"] == first
+            assert [e.ref for e in w.service.registry.loaded.values()] == ["demo-a"]
+
+
+def test_no_eviction_while_a_generation_uses_the_adapter(demo, adapter_root):
+    """An adapter in use by a running stream is not evicted; the stream finishes on it, then it is released."""
+    with EmbeddedWorker(worker_settings(demo, adapter_root, max_loaded_adapters=1)) as w:
+        with Client(w.url) as a, Client(w.url) as b:
+            a.load("demo-a")
+            solo = a.generate(**greedy(max_tokens=300)).terminal["content"]
+            a.send({"type": "generate", "session_id": "long", **greedy(max_tokens=300)})
+            assert a.recv()["type"] == "token"
+            assert b.load("demo-b")["type"] == "adapter_loaded"
+            assert {e.ref for e in w.service.registry.loaded.values()} == {"demo-a", "demo-b"}
+            done = a.collect("long").terminal
+            assert done["adapter"] == "demo-a" and solo.startswith(done["content"][: len(solo)])
+            assert done["content"] == solo
+            wait_for(lambda: [e.ref for e in w.service.registry.loaded.values()] == ["demo-b"])
+
+
+def test_default_adapter_applies_to_new_connections(demo, adapter_root):
+    """INFERENCE_DEFAULT_ADAPTER is active on new connections; unloading returns that connection to the base."""
+    with EmbeddedWorker(worker_settings(demo, adapter_root, default_adapter="demo-a")) as w:
+        with Client(w.url) as c:
+            done = c.generate(**greedy(max_tokens=10)).terminal
+            assert done["adapter"] == "demo-a"
+            c.load(None)
+            assert c.generate(**greedy(max_tokens=10)).terminal["adapter"] is None
+        status = Client(w.url).request({"type": "status"}, "status")
+        assert any(x["default"] and x["adapter_path"] == "demo-a" for x in status["loaded_adapters"])
+
+
+def test_broken_default_adapter_falls_back_to_base(demo, adapter_root, caplog):
+    """A missing default adapter logs a warning and the worker serves the base model."""
+    with EmbeddedWorker(worker_settings(demo, adapter_root, default_adapter="no-such-adapter")) as w:
+        with Client(w.url) as c:
+            assert c.generate(**greedy(max_tokens=5)).terminal["adapter"] is None
+    assert any("INFERENCE_DEFAULT_ADAPTER" in r.getMessage() for r in caplog.records)
+
+
+def test_two_clients_loading_the_same_adapter_share_one_load(demo, adapter_root):
+    """Concurrent load_adapter of one adapter injects it once."""
+    with EmbeddedWorker(worker_settings(demo, adapter_root)) as w:
+        barrier = threading.Barrier(4)
+        replies = []
+
+        def load():
+            with Client(w.url) as c:
+                barrier.wait()
+                replies.append(c.load("demo-b"))
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert [r["type"] for r in replies] == ["adapter_loaded"] * 4
+        assert len(w.service.registry.loaded) == 1
+        assert w.service.metrics.adapter_loads.labels("cached")._value.get() >= 1

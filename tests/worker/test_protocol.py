@@ -1,0 +1,163 @@
+"""The protocol module: parsing (every error code), limits, encoding. No server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from inference_worker import protocol as p
+from inference_worker.errors import ErrorCode, ProtocolError
+
+COMPAT_GENERATE = {
+    "type": "generate",
+    "messages": [{"role": "user", "content": "Привет!"}],
+    "session_id": "unique-session-id",
+    "system_prompt": "Ты полезный ассистент",
+    "max_tokens": 512,
+    "temperature": 0.7,
+    "top_k": 50,
+    "top_p": 0.9,
+}
+
+
+def code_of(frame: str | bytes, limits: p.Limits = p.Limits()) -> ErrorCode:
+    with pytest.raises(ProtocolError) as info:
+        p.parse_client_message(frame, limits)
+    return info.value.code
+
+
+def test_seed_protocol_messages_parse():
+    """The documented messages of the existing clients parse unchanged."""
+    assert isinstance(p.parse_client_message('{"type": "ping"}'), p.Ping)
+    load = p.parse_client_message('{"type": "load_adapter", "adapter_path": "demo-a"}')
+    assert isinstance(load, p.LoadAdapter) and load.adapter_path == "demo-a"
+    unload = p.parse_client_message('{"type": "load_adapter", "adapter_path": null}')
+    assert isinstance(unload, p.LoadAdapter) and unload.adapter_path is None
+    gen = p.parse_client_message(json.dumps(COMPAT_GENERATE))
+    assert isinstance(gen, p.Generate)
+    assert (gen.session_id, gen.max_tokens, gen.temperature, gen.top_k, gen.top_p) == (
+        "unique-session-id", 512, 0.7, 50, 0.9)
+    assert gen.messages[0].text() == "Привет!" and not gen.adapter_given
+
+
+def test_extensions_parse():
+    """Content parts, sampling extras, per-request adapter, cancel, status and list_adapters parse."""
+    gen = p.parse_client_message(json.dumps({
+        "type": "generate",
+        "messages": [{"role": "user", "content": [{"type": "image", "image": "aGk="}, {"type": "text", "text": "x"}]}],
+        "temperature": 0, "seed": 7, "repetition_penalty": 1.1, "stop": ["\n\n"], "adapter": None,
+    }))
+    assert gen.adapter_given and gen.adapter is None and len(gen.images()) == 1 and gen.temperature == 0
+    assert isinstance(p.parse_client_message('{"type": "cancel", "session_id": "s"}'), p.Cancel)
+    assert isinstance(p.parse_client_message('{"type": "status"}'), p.StatusRequest)
+    assert isinstance(p.parse_client_message('{"type": "list_adapters"}'), p.ListAdapters)
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("{not json", ErrorCode.INVALID_JSON),
+        ("", ErrorCode.INVALID_JSON),
+        ("[1, 2]", ErrorCode.INVALID_MESSAGE),
+        ('"ping"', ErrorCode.INVALID_MESSAGE),
+        ('{"kind": "ping"}', ErrorCode.INVALID_MESSAGE),
+        ('{"type": 5}', ErrorCode.INVALID_MESSAGE),
+        ('{"type": "teleport"}', ErrorCode.UNKNOWN_TYPE),
+        (b'{"type": "ping"}', ErrorCode.UNSUPPORTED_FRAME),
+        ('{"type": "ping", "extra": 1}', ErrorCode.INVALID_MESSAGE),
+        ('{"type": "load_adapter"}', ErrorCode.INVALID_MESSAGE),
+        ('{"type": "load_adapter", "adapter_path": 3}', ErrorCode.INVALID_MESSAGE),
+        ('{"type": "load_adapter", "adapter_path": ""}', ErrorCode.INVALID_MESSAGE),
+        ('{"type": "cancel"}', ErrorCode.INVALID_MESSAGE),
+        ('{"type": "generate"}', ErrorCode.INVALID_MESSAGE),
+        ('{"type": "generate", "messages": []}', ErrorCode.INVALID_MESSAGE),
+    ],
+)
+def test_bad_frames_get_precise_codes(frame, code):
+    """Each kind of bad frame maps to its own stable code."""
+    assert code_of(frame) == code
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"max_tokens": -1},
+        {"max_tokens": 0},
+        {"max_tokens": "512"},
+        {"max_tokens": 1.5},
+        {"max_tokens": True},
+        {"temperature": -0.1},
+        {"temperature": "hot"},
+        {"top_p": 1.5},
+        {"top_p": 0},
+        {"top_k": -1},
+        {"seed": -3},
+        {"repetition_penalty": 0},
+        {"stop": [""]},
+        {"stop": "x"},
+        {"session_id": ""},
+        {"session_id": "x" * 129},
+        {"session_id": 5},
+        {"messages": [{"role": "robot", "content": "x"}]},
+        {"messages": [{"role": "user", "content": 5}]},
+        {"messages": [{"role": "user", "content": []}]},
+        {"messages": [{"role": "user", "content": [{"type": "audio", "audio": "x"}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]},
+        {"unexpected": 1},
+    ],
+)
+def test_malformed_generate_fields_are_invalid_message(change):
+    """Missing, extra, mistyped and out-of-range fields of generate are invalid_message."""
+    assert code_of(json.dumps({**COMPAT_GENERATE, **change})) == ErrorCode.INVALID_MESSAGE
+
+
+def test_limits_are_enforced():
+    """Stop strings, message count and image count are bounded by the settings' limits."""
+    limits = p.Limits(max_stop_strings=2, max_stop_length=4, max_images_per_request=1, max_messages=2)
+    base = dict(COMPAT_GENERATE)
+    assert code_of(json.dumps({**base, "stop": ["a", "b", "c"]}), limits) == ErrorCode.INVALID_MESSAGE
+    assert code_of(json.dumps({**base, "stop": ["abcde"]}), limits) == ErrorCode.INVALID_MESSAGE
+    three = [{"role": "user", "content": "x"}] * 3
+    assert code_of(json.dumps({**base, "messages": three}), limits) == ErrorCode.INVALID_MESSAGE
+    two_images = [{"role": "user", "content": [{"type": "image", "image": "aGk="}] * 2}]
+    assert code_of(json.dumps({**base, "messages": two_images}), limits) == ErrorCode.IMAGE_TOO_LARGE
+
+
+def test_max_tokens_is_capped_not_refused():
+    """max_tokens above MAX_NEW_TOKENS is capped; absent means the default."""
+    gen = p.parse_client_message(json.dumps({**COMPAT_GENERATE, "max_tokens": 10_000}), p.Limits(max_new_tokens=64))
+    assert p.effective_max_tokens(gen, default=32, cap=64) == 64
+    gen = p.parse_client_message(json.dumps({k: v for k, v in COMPAT_GENERATE.items() if k != "max_tokens"}))
+    assert p.effective_max_tokens(gen, default=32, cap=64) == 32
+
+
+def test_encode_puts_type_first_and_omits_unset_fields():
+    """Encoded server messages start with type; optional fields that were not set are absent."""
+    frame = p.encode(p.Error(code=ErrorCode.BUSY, message="full", retryable=True))
+    assert frame.startswith('{"type": "error"')
+    assert json.loads(frame) == {"type": "error", "code": "busy", "message": "full", "retryable": True}
+    assert json.loads(p.encode(p.AdapterLoaded(adapter_path="demo-a"))) == {
+        "type": "adapter_loaded", "adapter_path": "demo-a"}
+    done = p.Done(content="x", session_id="s", finish_reason="stop",
+                  usage=p.Usage(prompt_tokens=1, completion_tokens=1, max_tokens=5),
+                  timings=p.Timings(queue_ms=0, ttft_ms=1, total_ms=2, tokens_per_s=None), adapter=None)
+    decoded = json.loads(p.encode(done))
+    assert decoded["adapter"] is None and "seed" not in decoded
+    assert isinstance(p.parse_server_message(p.encode(done)), p.Done)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=200), st.binary(max_size=50),
+                 st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                              lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
+                              max_leaves=12).map(json.dumps)))
+def test_parser_never_crashes(frame):
+    """Any frame either parses or raises ProtocolError with a known code (fuzzed)."""
+    try:
+        p.parse_client_message(frame)
+    except ProtocolError as exc:
+        assert exc.code in set(ErrorCode)

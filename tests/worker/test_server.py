@@ -1,0 +1,409 @@
+"""The worker over a real socket: protocol messages, streaming, adapters, errors, HTTP endpoints."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from ..helpers import Client, copy_adapter, edit_config, greedy, image_b64, image_message, png_bomb
+
+COMPAT = {
+    "type": "generate",
+    "messages": [{"role": "user", "content": "Привет!"}],
+    "session_id": "unique-session-id",
+    "system_prompt": "Ты полезный ассистент",
+    "max_tokens": 32,
+    "temperature": 0.7,
+    "top_k": 50,
+    "top_p": 0.9,
+}
+
+
+def http(worker, path):
+    try:
+        with urllib.request.urlopen(worker.http + path, timeout=10) as r:
+            return r.status, r.headers.get("Content-Type"), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type"), e.read().decode()
+
+
+def test_ping_pong(worker):
+    """ping → pong."""
+    with Client(worker.url) as c:
+        assert c.request({"type": "ping"}, "pong") == {"type": "pong"}
+
+
+def test_seed_client_flow_message_for_message(worker):
+    """The documented flow of the existing clients works unchanged: load, generate (tokens, done), unload."""
+    with Client(worker.url) as c:
+        loaded = c.load("demo-a")
+        assert loaded["type"] == "adapter_loaded" and loaded["adapter_path"] == "demo-a"
+        c.send(COMPAT)
+        stream = c.collect("unique-session-id")
+        assert stream.tokens, "tokens are streamed before done"
+        assert all(t["session_id"] == "unique-session-id" and t["content"] for t in stream.tokens)
+        done = stream.terminal
+        assert done["type"] == "done" and done["session_id"] == "unique-session-id"
+        assert done["content"] == stream.text
+        assert done["adapter"] == "demo-a" and done["finish_reason"] in ("stop", "length")
+        assert done["usage"]["completion_tokens"] >= 1 and done["usage"]["prompt_tokens"] > 0
+        assert done["timings"]["total_ms"] >= done["timings"]["ttft_ms"] > 0
+        assert c.load(None) == {"type": "adapter_unloaded"}
+
+
+def test_image_and_text_stream(worker):
+    """An image part plus text streams tokens whose concatenation is done.content."""
+    with Client(worker.url) as c:
+        stream = c.generate(messages=image_message(image_b64((500, 300))), max_tokens=40, temperature=0)
+        assert stream.terminal["type"] == "done", stream.terminal
+        assert stream.text == stream.terminal["content"] and stream.tokens
+        text_only = c.generate(**greedy("Describe this diagram.", 40))
+        assert stream.terminal["usage"]["prompt_tokens"] > text_only.terminal["usage"]["prompt_tokens"] + 20
+
+
+def test_data_url_and_history(worker):
+    """data: URLs, system messages and multi-turn history are accepted."""
+    with Client(worker.url) as c:
+        messages = [
+            {"role": "system", "content": "You read diagrams."},
+            {"role": "user", "content": [{"type": "image", "image": "data:image/jpeg;base64," + image_b64(fmt="JPEG")},
+                                         {"type": "text", "text": "What is this?"}]},
+            {"role": "assistant", "content": "A flowchart."},
+            {"role": "user", "content": "List the steps."},
+        ]
+        assert c.generate(messages=messages, max_tokens=8, temperature=0).terminal["type"] == "done"
+
+
+def test_greedy_is_deterministic_and_seeds_reproduce(worker):
+    """temperature 0 repeats exactly; the same seed repeats a sampled output."""
+    with Client(worker.url) as c:
+        a = c.generate(**greedy(max_tokens=40)).terminal
+        b = c.generate(**greedy(max_tokens=40)).terminal
+        assert a["content"] == b["content"] and a["content"]
+        assert a.get("seed") is None
+        sampled = dict(messages=greedy()["messages"], max_tokens=40, temperature=1.0, top_k=0, top_p=1.0)
+        s1 = c.generate(**sampled, seed=1234).terminal
+        s2 = c.generate(**sampled, seed=1234).terminal
+        assert s1["content"] == s2["content"] and s1["seed"] == 1234
+        others = {c.generate(**sampled, seed=seed).terminal["content"] for seed in (1, 2, 3)}
+        assert len(others | {s1["content"]}) > 1, "different seeds should give different samples"
+
+
+def test_adapters_change_output_and_unload_restores_base_exactly(worker):
+    """demo-a, demo-b and the base give three different greedy outputs; after unload the base is bit-identical."""
+    with Client(worker.url) as c:
+        req = greedy(max_tokens=48)
+        base = c.generate(**req).terminal["content"]
+        c.load("demo-a")
+        a = c.generate(**req).terminal
+        c.load("demo-b")
+        b = c.generate(**req).terminal
+        assert a["adapter"] == "demo-a" and b["adapter"] == "demo-b"
+        assert len({base, a["content"], b["content"]}) == 3
+        assert c.load(None)["type"] == "adapter_unloaded"
+        assert c.generate(**req).terminal["content"] == base
+        c.load("demo-a")
+        assert c.generate(**req).terminal["content"] == a["content"], "reloading is exact too"
+
+
+def test_per_request_adapter_does_not_change_the_connection(worker):
+    """generate.adapter applies to that request only; null means the base for that request."""
+    with Client(worker.url) as c:
+        req = greedy(max_tokens=32)
+        base = c.generate(**req).terminal["content"]
+        c.load("demo-a")
+        a = c.generate(**req).terminal["content"]
+        b = c.generate(**req, adapter="demo-b").terminal
+        assert b["adapter"] == "demo-b" and b["content"] not in (a, base)
+        explicit_base = c.generate(**req, adapter=None).terminal
+        assert explicit_base["adapter"] is None and explicit_base["content"] == base
+        assert c.generate(**req).terminal["content"] == a
+
+
+def test_concurrent_connections_with_different_adapters_match_solo_runs(worker):
+    """Three connections (demo-a, demo-b, base) generating at once give exactly their solo outputs."""
+    req = greedy("Explain the swimlanes and the gateways.", max_tokens=96)
+    solo = {}
+    for adapter in ("demo-a", "demo-b", None):
+        with Client(worker.url) as c:
+            c.load(adapter)
+            solo[adapter] = c.generate(**req).terminal["content"]
+    results: dict[object, list[str]] = {}
+
+    def run(adapter):
+        with Client(worker.url) as c:
+            c.load(adapter)
+            results[adapter] = [c.generate(**req).terminal["content"] for _ in range(3)]
+
+    threads = [threading.Thread(target=run, args=(a,)) for a in ("demo-a", "demo-b", None)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for adapter, outs in results.items():
+        assert outs == [solo[adapter]] * 3, f"cross-talk on {adapter}"
+    assert len(results) == 3
+
+
+def test_several_generations_on_one_connection(worker):
+    """One connection runs generations concurrently, told apart by session_id; ids are assigned when absent."""
+    with Client(worker.url) as c:
+        for sid in ("one", "two"):
+            c.send({"type": "generate", "session_id": sid, **greedy(max_tokens=30)})
+        c.send({"type": "generate", **greedy(max_tokens=10)})
+        terminals = {}
+        while len(terminals) < 3:
+            m = c.recv()
+            if m["type"] in ("done", "error"):
+                terminals[m["session_id"]] = m
+        assert {"one", "two"} <= set(terminals)
+        assigned = (set(terminals) - {"one", "two"}).pop()
+        assert len(assigned) >= 16
+        assert terminals["one"]["content"] == terminals["two"]["content"]
+
+
+def test_cancel_stops_a_generation(worker):
+    """cancel ends the stream with done(finish_reason=cancelled) long before max_tokens."""
+    with Client(worker.url) as c:
+        c.send({"type": "generate", "session_id": "long", **greedy(max_tokens=2000)})
+        first = c.recv()
+        assert first["type"] == "token"
+        c.send({"type": "cancel", "session_id": "long"})
+        stream = c.collect("long")
+        done = stream.terminal
+        assert done["type"] == "done" and done["finish_reason"] == "cancelled"
+        assert done["usage"]["completion_tokens"] < 2000
+        assert done["content"] == first["content"] + stream.text
+        assert c.request({"type": "ping"}, "pong")["type"] == "pong"
+
+
+def test_cancel_of_unknown_session_is_an_error(worker):
+    """Cancelling a session that is not running is unknown_session; the connection stays usable."""
+    with Client(worker.url) as c:
+        err = c.request({"type": "cancel", "session_id": "ghost"}, "error")
+        assert err["code"] == "unknown_session" and err["session_id"] == "ghost"
+        assert c.request({"type": "ping"}, "pong")["type"] == "pong"
+
+
+def test_duplicate_session_id_is_refused(worker):
+    """A second generate with a running session_id gets duplicate_session; the first one still finishes."""
+    with Client(worker.url) as c:
+        c.send({"type": "generate", "session_id": "dup", **greedy(max_tokens=300)})
+        c.send({"type": "generate", "session_id": "dup", **greedy(max_tokens=5)})
+        terminals = []
+        while len(terminals) < 2:
+            m = c.recv()
+            if m["type"] in ("done", "error"):
+                terminals.append(m)
+        assert terminals[0]["type"] == "error" and terminals[0]["code"] == "duplicate_session"
+        assert terminals[1]["type"] == "done"
+
+
+def test_disconnect_cancels_running_generations(worker):
+    """A client that disconnects mid-stream cancels its generations; nothing keeps running."""
+    service = worker.service
+    before = service.metrics.requests.labels("cancelled")._value.get()
+    c = Client(worker.url)
+    c.send({"type": "generate", **greedy(max_tokens=2000)})
+    assert c.recv()["type"] == "token"
+    c.close()
+    deadline = time.monotonic() + 10
+    while (service.admission.admitted or service.sessions) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert service.admission.admitted == 0 and service.admission.running == 0
+    assert service.metrics.requests.labels("cancelled")._value.get() == before + 1
+
+
+def test_stop_strings_end_the_output(worker):
+    """A stop string ends generation with finish_reason stop and is not part of the content."""
+    with Client(worker.url) as c:
+        full = c.generate(**greedy(max_tokens=60)).terminal["content"]
+        words = full.split()
+        assert len(words) > 3
+        stop = words[2]
+        done = c.generate(**greedy(max_tokens=60), stop=[stop]).terminal
+        assert done["finish_reason"] == "stop"
+        assert done["content"] == full[: full.index(stop)]
+
+
+def test_max_tokens_is_capped(worker):
+    """max_tokens above MAX_NEW_TOKENS is capped (and reported in usage.max_tokens)."""
+    with Client(worker.url) as c:
+        done = c.generate(**greedy(max_tokens=10**6)).terminal
+        assert done["usage"]["max_tokens"] == worker.settings.max_new_tokens
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("{oops", "invalid_json"),
+        ("[]", "invalid_message"),
+        (b"\x00\x01", "unsupported_frame"),
+        ('{"type": "warp"}', "unknown_type"),
+        ('{"type": "generate", "messages": [], "extra": 1}', "invalid_message"),
+        ('{"type": "generate", "messages": [{"role": "user", "content": "x"}], "top_p": 3}', "invalid_message"),
+        ('{"type": "generate", "messages": [{"role": "user", "content": "x"}], "max_tokens": -5}', "invalid_message"),
+        ('{"type": "generate", "messages": [{"role": "user", "content": "' + "x" * 200_000 + '"}]}', None),
+    ],
+)
+def test_bad_messages_get_errors_and_the_connection_stays_usable(worker, frame, code):
+    """Every malformed frame gets an error with its code; ping still works afterwards."""
+    with Client(worker.url) as c:
+        c.send(frame)
+        reply = c.until("error", "done", timeout=120)[-1]
+        if code is None:  # a huge (but allowed) prompt: prompt_too_long or done, never a crash
+            assert reply["type"] == "done" or reply["code"] == "prompt_too_long"
+        else:
+            assert reply["type"] == "error" and reply["code"] == code and reply["retryable"] is False
+        assert c.request({"type": "ping"}, "pong")["type"] == "pong"
+
+
+@pytest.mark.parametrize(
+    ("image", "code"),
+    [
+        ("@@@not-base64@@@", "invalid_image"),
+        (image_b64(fmt="GIF"), "unsupported_image"),
+        ("data:image/svg+xml;base64,PHN2Zz4=", "unsupported_image"),
+        (__import__("base64").b64encode(png_bomb()).decode(), "image_too_large"),
+    ],
+)
+def test_bad_images_are_refused_with_their_code(worker, image, code):
+    """Broken, unsupported and bomb images are refused; the generate ends with exactly that error."""
+    with Client(worker.url) as c:
+        stream = c.generate(messages=image_message(image), session_id="img", max_tokens=5)
+        assert not stream.tokens
+        assert stream.terminal["type"] == "error" and stream.terminal["code"] == code
+        assert stream.terminal["session_id"] == "img"
+
+
+def test_system_prompt_twice_is_refused(worker):
+    """system_prompt together with a leading system message is ambiguous: invalid_message."""
+    with Client(worker.url) as c:
+        err = c.generate(messages=[{"role": "system", "content": "a"}, {"role": "user", "content": "b"}],
+                         system_prompt="c").terminal
+        assert err["code"] == "invalid_message"
+
+
+def test_adapter_errors_have_their_own_codes_and_change_nothing(worker, demo, adapter_root):
+    """Not found, forbidden, invalid and incompatible adapters are refused; outputs stay exactly the same."""
+    broken = copy_adapter(demo.store_dir / "demo-a", adapter_root / "corrupt")
+    (broken / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
+    pickled = copy_adapter(demo.store_dir / "demo-a", adapter_root / "pickled")
+    (pickled / "adapter_model.safetensors").rename(pickled / "adapter_model.bin")
+    wrong_targets = edit_config(copy_adapter(demo.store_dir / "demo-a", adapter_root / "targets"),
+                                target_modules=["no_such_module"])
+    with Client(worker.url) as c:
+        req = greedy(max_tokens=32)
+        c.load("demo-a")
+        before_a = c.generate(**req).terminal["content"]
+        before_base = c.generate(**req, adapter=None).terminal["content"]
+        loaded_before = {e.key for e in worker.service.registry.loaded.values()}
+        cases = {
+            "no-such-adapter": "adapter_not_found",
+            "../../etc": "adapter_forbidden",
+            "/etc": "adapter_forbidden",
+            "https://example.com/x": "adapter_forbidden",
+            "s3://adapters/x": "adapter_forbidden",
+            str(adapter_root / "missing"): "adapter_not_found",
+            str(broken): "adapter_invalid",
+            str(pickled): "adapter_invalid",
+            str(wrong_targets): "adapter_incompatible",
+        }
+        for ref, code in cases.items():
+            err = c.load(ref)
+            assert err["type"] == "error" and err["code"] == code, (ref, err)
+            assert err["adapter_path"] == ref and err["message"]
+        assert {e.key for e in worker.service.registry.loaded.values()} == loaded_before
+        assert c.generate(**req).terminal["content"] == before_a, "the connection keeps its adapter"
+        assert c.generate(**req, adapter=None).terminal["content"] == before_base
+        err = c.generate(**req, adapter="no-such-adapter", session_id="x").terminal
+        assert err["code"] == "adapter_not_found" and err["session_id"] == "x"
+
+
+def test_adapter_from_another_architecture_is_refused(worker, adapter_root, tmp_path_factory):
+    """A text-only Qwen3 adapter (keys model.layers.*) would silently do nothing: adapter_incompatible."""
+    from inference_worker.demo import build_lora_adapter, build_text_checkpoint
+
+    text_model = build_text_checkpoint(tmp_path_factory.mktemp("text-model"))
+    foreign = build_lora_adapter(text_model, adapter_root / "foreign", seed=9)
+    with Client(worker.url) as c:
+        err = c.load(str(foreign))
+        assert err["code"] == "adapter_incompatible" and "another architecture" in err["message"]
+
+
+def test_local_adapter_by_path_and_vision_tower_lora(worker, demo, adapter_root):
+    """An adapter under ADAPTER_LOCAL_ROOTS loads by absolute path; all-linear LoRA (vision tower too) works."""
+    from inference_worker.demo import build_lora_adapter
+
+    path = build_lora_adapter(demo.model_dir, adapter_root / "all-linear", seed=11, target_modules="all-linear")
+    with Client(worker.url) as c:
+        base = c.generate(messages=image_message(image_b64()), max_tokens=24, temperature=0).terminal["content"]
+        loaded = c.load(str(path))
+        assert loaded["type"] == "adapter_loaded" and any("fc" in t or "qkv" in t for t in loaded["target_modules"])
+        out = c.generate(messages=image_message(image_b64()), max_tokens=24, temperature=0).terminal
+        assert out["type"] == "done" and out["content"] != base
+
+
+def test_status_reports_model_adapters_and_queue(worker):
+    """status: model, device, dtype, loaded adapters with their users, queue depth and limits."""
+    with Client(worker.url) as a, Client(worker.url) as b:
+        a.load("demo-a")
+        b.load("demo-a")
+        status = a.request({"type": "status"}, "status")
+        assert status["ready"] and status["vision"] and status["device"] == "cpu" and status["dtype"] == "float32"
+        entry = next(x for x in status["loaded_adapters"] if x["adapter_path"] == "demo-a")
+        assert entry["connections"] >= 2 and entry["running"] == 0 and entry["rank"] == 8
+        assert status["queued"] == 0 and status["max_queue"] == worker.settings.max_queue_size
+        assert status["limits"]["max_new_tokens"] == worker.settings.max_new_tokens
+
+
+def test_list_adapters(worker):
+    """list_adapters shows the store's adapters with manifest facts and whether each is loaded."""
+    with Client(worker.url) as c:
+        c.load("demo-b")
+        items = {x["name"]: x for x in c.request({"type": "list_adapters"}, "adapters")["items"]}
+        assert {"demo-a", "demo-b"} <= set(items)
+        assert items["demo-b"]["loaded"] is True and items["demo-b"]["rank"] == 8
+        assert len(items["demo-b"]["digest"]) == 64 and items["demo-b"]["size"] > 0
+
+
+def test_health_ready_metrics(worker):
+    """/health and /ready are JSON; /metrics is Prometheus text with the worker's instruments."""
+    with Client(worker.url) as c:
+        c.generate(**greedy(max_tokens=5))
+    status, ctype, body = http(worker, "/health")
+    health = json.loads(body)
+    assert status == 200 and ctype == "application/json"
+    assert health["status"] == "ok" and health["device"] == "cpu" and health["model_load_seconds"] > 0
+    status, _, body = http(worker, "/ready")
+    assert status == 200 and json.loads(body)["ready"] is True
+    status, ctype, metrics = http(worker, "/metrics")
+    assert status == 200 and ctype.startswith("text/plain")
+    for name in ("inference_requests_total", "inference_time_to_first_token_seconds_bucket",
+                 "inference_inter_token_latency_seconds_bucket", "inference_generated_tokens_total",
+                 "inference_queue_depth", "inference_running_generations", "inference_adapter_loads_total",
+                 "inference_adapter_load_seconds_bucket", "inference_model_load_seconds", "inference_connections"):
+        assert name in metrics, name
+    assert http(worker, "/nope")[0] == 404
+
+
+def test_oversized_frame_closes_only_that_connection(demo, adapter_root):
+    """A frame over MAX_MESSAGE_BYTES closes that connection with 1009; other clients carry on."""
+    from websockets.exceptions import ConnectionClosedError
+
+    from inference_worker.embedded import EmbeddedWorker
+
+    from ..conftest import worker_settings
+
+    with EmbeddedWorker(worker_settings(demo, adapter_root, max_message_bytes=64 * 1024)) as small:
+        with Client(small.url) as ok, Client(small.url) as big:
+            big.send({"type": "generate", "messages": [{"role": "user", "content": "x" * 100_000}]})
+            with pytest.raises(ConnectionClosedError) as info:
+                big.recv(10)
+            assert info.value.rcvd.code == 1009
+            assert ok.request({"type": "ping"}, "pong")["type"] == "pong"
+            assert ok.generate(**greedy(max_tokens=4)).terminal["type"] == "done"
