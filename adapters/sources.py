@@ -10,11 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-from inference_worker.errors import AdapterForbidden
 
 from .manifest import Manifest
 from .refs import AdapterRef, LocalRef, S3Ref, StoreRef, parse_ref
@@ -33,9 +31,14 @@ class Identity:
 
 @dataclass(frozen=True)
 class Materialized:
+    identity: Identity  # what was fetched (a newer version if it was re-published meanwhile)
     path: Path
     facts: AdapterFacts
     cached: bool  # no bytes were transferred
+    downloaded_bytes: int = 0
+    download_s: float = 0.0
+    verify_s: float = 0.0
+    release: Callable[[], None] = field(default=lambda: None, repr=False)
 
 
 class AdapterSources:
@@ -72,15 +75,23 @@ class AdapterSources:
         return Identity(ref, f"{store.kind}:{ref}@{manifest.digest}", name, manifest.digest, manifest)
 
     def materialize(self, identity: Identity, progress: Progress | None = None) -> Materialized:
+        """Make the adapter's files available locally and validate them. Call ``release`` when done with them."""
         ref = identity.ref
         if isinstance(ref, LocalRef):
-            return Materialized(ref.path, inspect_adapter(ref.path), cached=True)
+            return Materialized(identity, ref.path, inspect_adapter(ref.path), cached=True)
         store, name = self._store_for(ref)
         fetched = store.fetch(name, progress)
-        if fetched.manifest.digest != identity.digest:
-            # Re-published between the two steps: load what was fetched, under its own identity.
-            raise AdapterForbidden(f"adapter {name!r} changed while it was being fetched; try again")
-        return Materialized(fetched.path, inspect_adapter(fetched.path), cached=fetched.cached)
+        try:
+            if fetched.manifest.digest != identity.digest:  # re-published between the two steps
+                identity = replace(identity, key=identity.key.rsplit("@", 1)[0] + "@" + fetched.manifest.digest,
+                                   digest=fetched.manifest.digest, manifest=fetched.manifest)
+            facts = inspect_adapter(fetched.path)
+        except BaseException:
+            fetched.release()
+            raise
+        return Materialized(identity, fetched.path, facts, cached=fetched.cached,
+                            downloaded_bytes=fetched.downloaded_bytes, download_s=fetched.download_s,
+                            verify_s=fetched.verify_s, release=fetched.release)
 
     def _local_digest(self, path: Path) -> str:
         """Digest of a local adapter directory, re-hashed only when a file's size, mtime or inode changes."""

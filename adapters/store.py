@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .manifest import Manifest
@@ -17,13 +17,24 @@ from .manifest import Manifest
 Progress = Callable[[str, int, int | None], None]
 
 
+def _nothing() -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class FetchedAdapter:
-    """An adapter available on the local disk, its files checked against ``manifest``."""
+    """An adapter available on the local disk, its files checked against ``manifest``.
+
+    Call ``release`` once the files have been read: until then a cache will not remove them.
+    """
 
     path: Path
     manifest: Manifest
     cached: bool  # True when no bytes had to be transferred
+    downloaded_bytes: int = 0
+    download_s: float = 0.0
+    verify_s: float = 0.0
+    release: Callable[[], None] = field(default=_nothing, repr=False)
 
 
 class AdapterStore(ABC):
