@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from adapters.config import StoreSettings
 
 from .images import ImageLimits
 from .protocol import Limits
@@ -28,7 +30,7 @@ def _default_demo_dir() -> Path:
     return Path(base) / "inference-worker" / "demo"
 
 
-class Settings(BaseSettings):
+class Settings(StoreSettings):
     model_config = SettingsConfigDict(
         populate_by_name=True, extra="ignore", case_sensitive=False, validate_default=True
     )
@@ -82,11 +84,6 @@ class Settings(BaseSettings):
         None,
         validation_alias=_env("INFERENCE_DEFAULT_ADAPTER"),
         description="Adapter active on new connections; if missing or broken the worker warns and serves the base.",
-    )
-    adapter_store_dir: Path | None = Field(
-        None,
-        validation_alias=_env("ADAPTER_STORE_DIR"),
-        description="Local adapter store (one sub-directory per name). Default ./adapter_store, or the demo's store.",
     )
     adapter_local_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
@@ -199,11 +196,10 @@ class Settings(BaseSettings):
     # ---- derived -----------------------------------------------------------------------------------------------
     @property
     def store_dir(self) -> Path:
-        if self.adapter_store_dir is not None:
-            return self.adapter_store_dir
-        if self.demo:
+        """The local store directory: ADAPTER_STORE_DIR, else the demo's store in demo mode, else ./adapter_store."""
+        if self.adapter_store_dir is None and self.demo:
             return self.demo_dir / "adapters"
-        return Path("adapter_store")
+        return self.local_store_dir()
 
     def limits(self) -> Limits:
         return Limits(

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapters.sources import AdapterSources, Identity
+from adapters.sources import AdapterSources, Identity, Materialized
 from adapters.validate import WEIGHTS_FILE, AdapterFacts
 
 from .errors import (
@@ -316,6 +316,13 @@ class AdapterRegistry:
             self.metrics.adapter_load_seconds.labels(stage).observe(now - started)
         return now
 
+    def _record_transfer(self, material: Materialized) -> None:
+        if self.metrics is None or material.cached:
+            return
+        self.metrics.adapter_download_bytes.inc(material.downloaded_bytes)
+        self.metrics.adapter_load_seconds.labels("download").observe(material.download_s)
+        self.metrics.adapter_load_seconds.labels("verify").observe(material.verify_s)
+
     def _outcome(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.adapter_loads.labels(outcome).inc()
@@ -374,12 +381,17 @@ class AdapterRegistry:
         # used idle ones are evicted right after this load, and pinned ones as soon as their generation ends.
         t = time.perf_counter()
         material = await asyncio.to_thread(self.sources.materialize, identity, progress)
-        t = self._stage("fetch", t)
-        if progress is not None:
-            progress("loading", 0, None)
-        config = await self._mutate(self.runtime.check_compatible, material.facts)
-        peft_name = f"lora{next(self._counter)}"
-        await self._mutate(self.runtime.inject, peft_name, material.facts, config)
+        try:
+            t = self._stage("fetch", t)
+            self._record_transfer(material)
+            identity = material.identity
+            if progress is not None:
+                progress("loading", 0, None)
+            config = await self._mutate(self.runtime.check_compatible, material.facts)
+            peft_name = f"lora{next(self._counter)}"
+            await self._mutate(self.runtime.inject, peft_name, material.facts, config)
+        finally:
+            material.release()
         self._stage("inject", t)
         facts = material.facts
         entry = Loaded(
@@ -388,7 +400,8 @@ class AdapterRegistry:
             load_ms=(time.perf_counter() - started) * 1000,
         )
         self.loaded[identity.key] = entry
-        log.info("adapter %s loaded as %s (digest %s, %.0f ms)", ref, peft_name, identity.digest[:12], entry.load_ms)
+        log.info("adapter %s loaded as %s (digest %s, %.0f ms%s)", ref, peft_name, identity.digest[:12],
+                 entry.load_ms, f", {material.downloaded_bytes} bytes downloaded" if material.downloaded_bytes else "")
         await self._evict_over_capacity(protect=entry)
         return LoadOutcome(entry, cached=material.cached)
 

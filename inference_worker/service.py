@@ -8,10 +8,9 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapters.local import LocalDirectoryStore
+from adapters.factory import open_stores
 from adapters.sources import AdapterSources
 from adapters.store import AdapterStore
 
@@ -124,8 +123,9 @@ class Service:
             paths = await asyncio.to_thread(ensure_demo, s.demo_dir)
             self.model_name = str(paths.model_dir)
             log.warning("DEMO MODE: a tiny model with random weights; everything it writes is meaningless")
-        self.store = self._make_store()
-        self.sources = AdapterSources(self.store, local_roots=s.adapter_local_roots, s3_stores=self._s3_buckets())
+        self.store, s3_stores = open_stores(s, s.store_dir)
+        log.info("adapter store: %s", self.store.describe())
+        self.sources = AdapterSources(self.store, local_roots=s.adapter_local_roots, s3_stores=s3_stores)
         self.engine = await asyncio.to_thread(
             Engine.load,
             self.model_name,
@@ -154,13 +154,6 @@ class Service:
         self.ready = True
         self.metrics.ready.set(1)
 
-    def _make_store(self) -> AdapterStore:
-        store_dir = self.settings.store_dir
-        log.info("adapter store: local directory %s", Path(store_dir).resolve())
-        return LocalDirectoryStore(store_dir)
-
-    def _s3_buckets(self) -> dict[str, AdapterStore] | None:
-        return None
 
     # ---- views -----------------------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
