@@ -54,3 +54,45 @@ def worker(demo: DemoPaths, adapter_root: Path) -> Iterator[EmbeddedWorker]:
 def output_dir() -> Path:
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     return OUTPUT_DIR
+
+
+class S3Target:
+    """The S3 server the tests use: SeaweedFS started here, or a real MinIO named by MINIO_* variables."""
+
+    def __init__(self, server, endpoint: str, access_key: str, secret_key: str) -> None:
+        self.server = server  # None for an external server (which the tests cannot stop)
+        self.endpoint = endpoint
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self._buckets = 0
+
+    def client(self, secret_key: str | None = None, timeout_s: float = 5.0, retries: int = 1):
+        from adapters.s3 import make_client
+
+        return make_client(self.endpoint, self.access_key, secret_key or self.secret_key, timeout_s=timeout_s,
+                           retries=retries)
+
+    def new_bucket(self, prefix: str = "t") -> str:
+        self._buckets += 1
+        name = f"{prefix}-{os.getpid()}-{self._buckets}"
+        self.client().make_bucket(name)
+        return name
+
+    def env(self, bucket: str) -> dict[str, str]:
+        return {"MINIO_ENDPOINT": self.endpoint, "MINIO_ACCESS_KEY": self.access_key,
+                "MINIO_SECRET_KEY": self.secret_key, "MINIO_BUCKET": bucket, "MINIO_SECURE": "false"}
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Target]:
+    external = os.environ.get("TEST_MINIO_ENDPOINT")
+    if external:
+        yield S3Target(None, external, os.environ["TEST_MINIO_ACCESS_KEY"], os.environ["TEST_MINIO_SECRET_KEY"])
+        return
+    from .s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3
+
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
+    try:
+        yield S3Target(server, server.endpoint, ACCESS_KEY, SECRET_KEY)
+    finally:
+        server.stop()

@@ -20,7 +20,8 @@ def wait_for(predicate, timeout=10.0):
 
 def test_full_queue_answers_busy_at_once(demo, adapter_root):
     """With 1 running and 1 queued, a third generate gets busy (retryable) immediately; the others finish."""
-    with EmbeddedWorker(worker_settings(demo, adapter_root, max_concurrent_generations=1, max_queue_size=1)) as w, Client(w.url) as c:
+    settings = worker_settings(demo, adapter_root, max_concurrent_generations=1, max_queue_size=1)
+    with EmbeddedWorker(settings) as w, Client(w.url) as c:
         c.send({"type": "generate", "session_id": "run", **greedy(max_tokens=400)})
         wait_for(lambda: w.service.admission.running == 1)
         c.send({"type": "generate", "session_id": "wait", **greedy(max_tokens=5)})
@@ -41,7 +42,8 @@ def test_full_queue_answers_busy_at_once(demo, adapter_root):
 
 def test_queued_request_can_be_cancelled(demo, adapter_root):
     """A generate cancelled while it waits in the queue ends with done(cancelled) and no tokens."""
-    with EmbeddedWorker(worker_settings(demo, adapter_root, max_concurrent_generations=1, max_queue_size=4)) as w, Client(w.url) as c:
+    settings = worker_settings(demo, adapter_root, max_concurrent_generations=1, max_queue_size=4)
+    with EmbeddedWorker(settings) as w, Client(w.url) as c:
         c.send({"type": "generate", "session_id": "run", **greedy(max_tokens=400)})
         wait_for(lambda: w.service.admission.running == 1)
         c.send({"type": "generate", "session_id": "queued", **greedy(max_tokens=5)})

@@ -1,0 +1,130 @@
+"""python -m adapters: push (directory or weights.zip), list, pull, verify, rm — local store and S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(params=["local", "s3"])
+def cli(request, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINIO_")}
+    env["ADAPTER_CACHE_DIR"] = str(tmp_path / "cache")
+    if request.param == "local":
+        env["ADAPTER_STORE_DIR"] = str(tmp_path / "store")
+    else:
+        s3 = request.getfixturevalue("s3")
+        env.update(s3.env(s3.new_bucket("cli")))
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "adapters", "-q", *args], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=120)
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    run.kind = request.param  # type: ignore[attr-defined]
+    return run
+
+
+def weights_zip(adapter: Path, path: Path, extra: dict[str, bytes] | None = None) -> Path:
+    """A zip like the ones teams export: the adapter in a sub-folder, with training leftovers beside it."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in adapter.iterdir():
+            zf.write(f, f"weights/{f.name}")
+        zf.writestr("weights/training_args.bin", b"\x80\x04pickle")
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_push_directory_list_pull_verify_rm(cli, good_adapter, tmp_path):
+    """The whole CLI lifecycle, with a one-line summary per command."""
+    out = cli("push", str(good_adapter), "team-bpmn").stdout
+    assert out.startswith("published team-bpmn") and "rank 8" in out
+    table = cli("list").stdout
+    assert table.splitlines()[0].split() == ["NAME", "SIZE", "RANK", "TARGET", "MODULES", "BASE", "MODEL", "UPDATED"]
+    assert "team-bpmn" in table and "k_proj,o_proj,q_proj,v_proj" in table
+    listed = json.loads(cli("list", "--json").stdout)
+    assert listed[0]["name"] == "team-bpmn" and len(listed[0]["digest"]) == 64
+    dest = tmp_path / "pulled"
+    assert "pulled team-bpmn" in cli("pull", "team-bpmn", str(dest)).stdout
+    weights = "adapter_model.safetensors"
+    assert (dest / weights).read_bytes() == (good_adapter / weights).read_bytes()
+    assert cli("verify", "team-bpmn").stdout.startswith("ok: team-bpmn matches its manifest")
+    assert "removed team-bpmn" in cli("rm", "team-bpmn").stdout
+    assert "no adapters" in cli("list").stdout
+
+
+def test_push_weights_zip_in_one_command(cli, good_adapter, tmp_path):
+    """A weights.zip publishes in one command; pickle leftovers are skipped and said so."""
+    archive = weights_zip(good_adapter, tmp_path / "weights.zip")
+    out = cli("push", str(archive), "from-zip").stdout
+    assert "published from-zip" in out and "skipped" in out and "training_args.bin" in out
+    assert cli("verify", "from-zip").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"../evil.txt": b"x"}, "unsafe path"),
+        ({"/abs/evil.txt": b"x"}, "unsafe path"),
+        ({"weights/../../evil.txt": b"x"}, "unsafe path"),
+        ({"bomb.bin": bytes(64 * 1024 * 1024)}, "zip bomb"),
+    ],
+)
+def test_malicious_archives_are_refused(cli, good_adapter, tmp_path, extra, message):
+    """Zip-slip members and zip bombs are refused before anything is written."""
+    archive = weights_zip(good_adapter, tmp_path / "bad.zip", extra)
+    result = cli("push", str(archive), "bad", check=False)
+    assert result.returncode == 1 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, "one-line reason"
+    assert not (tmp_path / "evil.txt").exists()
+    assert "no adapters" in cli("list").stdout
+
+
+def test_symlink_member_is_refused(cli, good_adapter, tmp_path):
+    """A symbolic link inside the archive is refused."""
+    archive = weights_zip(good_adapter, tmp_path / "link.zip")
+    with zipfile.ZipFile(archive, "a") as zf:
+        info = zipfile.ZipInfo("weights/link")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd")
+    result = cli("push", str(archive), "link", check=False)
+    assert result.returncode == 1 and "symbolic link" in result.stderr
+
+
+def test_failures_exit_non_zero_with_one_line(cli, good_adapter, tmp_path):
+    """Invalid adapters, name collisions, bad names and missing adapters: exit 1 and one line on stderr."""
+    (tmp_path / "empty").mkdir()
+    cli("push", str(good_adapter), "taken")
+    cases = [
+        ("push", str(tmp_path / "empty"), "x"),
+        ("push", str(tmp_path / "missing"), "x"),
+        ("push", str(good_adapter), "taken"),
+        ("push", str(good_adapter), "../bad"),
+        ("verify", "absent"),
+        ("pull", "absent", str(tmp_path / "d")),
+        ("rm", "absent"),
+    ]
+    for args in cases:
+        result = cli(*args, check=False)
+        assert result.returncode == 1, args
+        assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert cli("push", str(good_adapter), "taken", "--replace").returncode == 0
+
+
+def test_every_command_has_help(cli):
+    """--help works for the CLI and every command."""
+    for args in ([], ["push"], ["list"], ["pull"], ["verify"], ["rm"]):
+        result = cli(*args, "--help")
+        assert "usage: python -m adapters" in result.stdout
