@@ -187,6 +187,9 @@ class Engine:
         self._pad = getattr(gen, "pad_token_id", None)
         self._bos = getattr(gen, "bos_token_id", None)
         self.defaults = self._sampling_defaults(gen)
+        # A byte-level token's vocabulary entry has one character per byte, so its length bounds the characters
+        # it can decode to.
+        self._longest_token = max((len(t) for t in tokenizer.get_vocab()), default=1) or 1
 
     # ---- loading ---------------------------------------------------------------------------------------------
     @classmethod
@@ -259,8 +262,23 @@ class Engine:
         )
 
     # ---- prompts ---------------------------------------------------------------------------------------------
+    def check_text_length(self, turns: list[ChatTurn]) -> None:
+        """Refuse, without tokenizing, text that cannot fit in MAX_PROMPT_TOKENS whatever the tokenization.
+
+        No token is longer than the longest entry of the vocabulary, so more characters than
+        ``max_prompt_tokens × that length`` is certainly too long; this keeps a multi-megabyte string from occupying
+        a generation thread in the tokenizer.
+        """
+        chars = sum(len(t.text) for t in turns)
+        if chars > self.max_prompt_tokens * self._longest_token:
+            raise InputError(
+                f"prompt is {chars} characters, more than {self.max_prompt_tokens} tokens can hold",
+                code=ErrorCode.PROMPT_TOO_LONG,
+            )
+
     def prepare(self, turns: list[ChatTurn]) -> dict[str, Any]:
         """Chat template + images → model inputs on the device. Blocking."""
+        self.check_text_length(turns)
         if self.info.vision:
             inputs = self._prepare_vision(turns)
         else:

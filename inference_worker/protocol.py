@@ -337,6 +337,6 @@ def error_message(exc: ServiceError, *, session_id: str | None = None, adapter_p
     return Error(**fields)
 
 
-def parse_server_message(frame: str) -> Any:
+def parse_server_message(frame: str | bytes) -> Any:
     """Parse a server frame (used by clients and by tests that check every reply is a valid message)."""
     return server_message_adapter.validate_json(frame)

@@ -311,7 +311,12 @@ class Session:
         finally:
             stop.cancel()
         if task in done and not gen.cancelled.is_set():
-            return task.result()
+            try:
+                return task.result()
+            finally:
+                # An exception's traceback holds this frame: drop the task so that the exception, the task and
+                # whatever the failed call held (a 30 MB image string) do not form a cycle that outlives the request.
+                del task, done
         if task.done():
             result = task.exception() or task.result()
             if isinstance(result, Loaded):  # pinned just as the cancel came: give it back
@@ -332,8 +337,12 @@ class Session:
         if message.system_prompt is not None:
             turns.append(ChatTurn("system", message.system_prompt))
         for m in message.messages:
-            images = [decode_image(part.image, self.service.image_limits).image for part in m.images()]
-            turns.append(ChatTurn(m.role, m.text(), images))
+            turns.append(ChatTurn(m.role, m.text()))
+        engine = self.service.engine
+        assert engine is not None
+        engine.check_text_length(turns)  # before decoding any image
+        for turn, m in zip(turns[-len(message.messages):], message.messages):
+            turn.images = [decode_image(part.image, self.service.image_limits).image for part in m.images()]
         return turns
 
     async def _pin_adapter(
