@@ -1,5 +1,7 @@
 # make venv   — create .venv with everything (idempotent: reinstalls only when requirements/ change)
-# make demo   — serve the offline demo (tiny random Qwen3-VL + adapters demo-a, demo-b) on ws://localhost:8765
+# make demo   — offline demo: worker (tiny random Qwen3-VL + adapters demo-a, demo-b) on ws://localhost:8765
+#               and the playground on http://localhost:8501; Ctrl-C stops both
+# make stack MODEL=Qwen/Qwen3-VL-2B-Instruct — the same stack on a real model (MINIO_* from the environment)
 # make test   — run the test suite
 # make lint   — ruff + mypy
 PYTHON ?= python3
@@ -9,7 +11,9 @@ REQS := $(wildcard requirements/*.txt)
 STAMP := $(VENV)/.installed-$(shell cat $(REQS) | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint clean
+MODEL ?= Qwen/Qwen3-VL-2B-Instruct
+
+.PHONY: venv demo stack test lint compose-check clean
 
 venv: $(STAMP)
 
@@ -21,7 +25,10 @@ $(STAMP): $(REQS)
 	touch $@
 
 demo: venv
-	$(PY) -m inference_worker --demo
+	$(PY) -m tools.stack --demo
+
+stack: venv
+	$(PY) -m tools.stack --model $(MODEL)
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -29,6 +36,10 @@ test: venv
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+
+compose-check: venv
+	$(VENV)/bin/docker-compose -f docker-compose.yml config --quiet
+	$(VENV)/bin/docker-compose -f docker-compose.yml -f docker-compose.gpu.yml config --quiet
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-output

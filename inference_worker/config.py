@@ -180,7 +180,7 @@ class Settings(StoreSettings):
             return [p for p in value.replace(",", os.pathsep).split(os.pathsep) if p.strip()]
         return value
 
-    @field_validator("default_adapter", mode="before")
+    @field_validator("default_adapter", "auth_token", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value

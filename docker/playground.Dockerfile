@@ -1,0 +1,22 @@
+# The Streamlit playground: no torch, only the protocol models it shares with the worker.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin playground
+WORKDIR /app
+COPY requirements/base.txt requirements/playground.txt requirements/
+RUN pip install -r requirements/playground.txt
+COPY inference_worker/__init__.py inference_worker/errors.py inference_worker/protocol.py inference_worker/
+COPY playground/ playground/
+
+USER playground
+ENV INFERENCE_WS_URL=ws://inference-worker:8765
+EXPOSE 8501
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4).status != 200)"]
+CMD ["streamlit", "run", "playground/app.py", "--server.address", "0.0.0.0", "--server.port", "8501", \
+     "--server.headless", "true", "--browser.gatherUsageStats", "false"]
