@@ -1,0 +1,64 @@
+"""make demo's launcher: worker + playground up, both URLs printed, Ctrl-C stops both and exits 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from .s3server import free_ports
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return r.status
+    except OSError:
+        return None
+
+
+def test_demo_stack_starts_both_and_stops_cleanly(demo):
+    """python -m tools.stack --demo serves the worker and the playground, prints both URLs, and stops on Ctrl-C."""
+    worker_port, playground_port = free_ports(2)
+    env = {**os.environ, "INFERENCE_DEMO_DIR": str(demo.root), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools.stack", "--demo", "--worker-port", str(worker_port),
+         "--playground-port", str(playground_port)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C stops both" in line:
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert ready.wait(180), "".join(lines)
+        out = "".join(lines)
+        assert f"ws://localhost:{worker_port}" in out and f"http://localhost:{playground_port}" in out
+        assert "meaningless" in out
+        assert status(f"http://127.0.0.1:{worker_port}/ready") == 200
+        assert status(f"http://127.0.0.1:{playground_port}/_stcore/health") == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(90) == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    urls = (f"http://127.0.0.1:{worker_port}/health", f"http://127.0.0.1:{playground_port}/_stcore/health")
+    deadline = time.monotonic() + 10
+    while any(status(u) for u in urls) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [status(u) for u in urls] == [None, None], "both processes stopped"
+    assert "stopped" in "".join(lines)
