@@ -74,7 +74,7 @@ class RunRecord:
         return "done"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "status": self.status}
 
 
 def next_id(records: list[RunRecord]) -> int:

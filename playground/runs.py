@@ -2,9 +2,10 @@
 
 The app hands :func:`run_outputs` the :class:`~playground.history.Output` records to fill and a callback that renders
 batches of :class:`Event`. Outputs are updated in place as things happen, so whatever stops a run — the callback
-raising (Streamlit interrupts a script run when a button is clicked), a cancel, a dropped connection — the records
-say how far each output got. On an interruption every unfinished generation is cancelled on the worker and its
-``done`` (``cancelled``, with the text so far and the worker's timings) awaited briefly before the exception goes on.
+raising (Streamlit stops a script run when a button is clicked during it), a cancel, a dropped connection — the
+records say how far each output got. On an interruption every unfinished generation is cancelled on the worker and
+its ``done`` (``cancelled``, with the text so far and the worker's timings) awaited briefly before the exception goes
+on.
 """
 
 from __future__ import annotations

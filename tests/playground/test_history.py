@@ -71,7 +71,7 @@ def test_json_export_keeps_everything():
     document = json.loads(to_json([single(), ab(), failed()], worker="ws://w", exported_at="T"))
     assert (document["version"], document["exported_at"], document["worker"]) == (1, "T", "ws://w")
     runs = document["runs"]
-    assert [r["id"] for r in runs] == [1, 2, 3]
+    assert [(r["id"], r["status"]) for r in runs] == [(1, "done"), (2, "done"), (3, "error")]
     assert runs[0]["image"] == IMAGE and runs[0]["settings"] == SETTINGS
     assert runs[0]["outputs"][0] == {
         "label": "output", "adapter": "demo-a", "text": "a b c d", "status": "done", "finish_reason": "length",
