@@ -31,7 +31,7 @@ import streamlit as st
 from inference_worker.protocol import AdapterItem, AdapterProgress
 from playground.client import DEFAULT_URL, WorkerClient, describe_progress, user_message
 from playground.diff import describe_divergence, diff_html, first_divergence, word_diff
-from playground.history import Output, RunRecord, chart_rows, next_id, to_json, to_markdown
+from playground.history import Output, RunRecord, chart_rows, code_span, next_id, to_json, to_markdown
 from playground.images import ImageInput, data_url_bytes, human_bytes, load_image, sample_diagram, thumbnail_data_url
 from playground.runs import (
     BASE_MODEL,
@@ -57,6 +57,7 @@ DEFAULT_PROMPT = (
 FALLBACK_LIMITS: dict[str, Any] = {"max_new_tokens": 2048, "default_max_tokens": 512, "temperature": [0.0, 5.0],
                                    "top_p": [0.0, 1.0], "repetition_penalty": [0.0, 10.0],
                                    "image_max_bytes": 10 * 1024 * 1024}
+STATUS_TIMEOUT_S = 3.0  # every page run asks for the status: an unreachable host must not hold the page long
 MAX_SEED = 2**53 - 1  # the largest integer a browser number input holds exactly
 SINGLE, AB = "Single", "A/B"
 
@@ -101,7 +102,7 @@ def worker_info(refresh: bool) -> WorkerInfo:
     url = st.session_state.worker_url
     cached = st.session_state.adapters
     want_adapters = refresh or cached is None or cached[0] != url
-    info = run_async(fetch_worker_info(url, with_adapters=want_adapters, timeout_s=5.0))
+    info = run_async(fetch_worker_info(url, with_adapters=want_adapters, timeout_s=STATUS_TIMEOUT_S))
     if info.adapters is not None:
         st.session_state.adapters = (url, info.adapters)
     elif info.up and cached is not None and cached[0] == url:
@@ -230,14 +231,13 @@ class OutputView:
         fraction = min(1.0, progress.bytes / progress.total) if progress.total else 0.0
         self.load.progress(fraction, text=f"Adapter {progress.adapter_path}: {describe_progress(progress)}")
 
-    def show(self, out: Output, elapsed: float | None = None, raw: bool = False) -> None:
+    def show(self, out: Output, raw: bool = False) -> None:
         if out.adapter_load is not None and out.status != "loading":
             load = out.adapter_load
             self.load.caption(f"Adapter loaded ({'cached' if load['cached'] else 'fetched'}, {load['load_ms']} ms)")
-        clock = f" · {elapsed:.1f} s" if elapsed is not None else ""
         line = {"pending": "waiting", "loading": "loading the adapter…", "streaming": "streaming…",
                 "done": f"done ({out.finish_reason})", "stopped": "stopped", "error": "failed"}[out.status]
-        self.status.caption(f"{line}{clock if not out.finished else ''}")
+        self.status.caption(line)
         cursor = " ▌" if out.status == "streaming" else ""
         if not out.text:
             self.text.caption("(no text yet)" if not out.finished else "(no text)")
@@ -282,8 +282,8 @@ def render_comparison(record: RunRecord) -> None:
     st.markdown(describe_divergence(d, f"A ({a.adapter_label})", f"B ({b.adapter_label})"))
     if not d.identical:
         ca, cb = st.columns(2)
-        ca.markdown(f"**A continues:** `{d.a_next or '(ends)'}`".replace("``", "` `"))
-        cb.markdown(f"**B continues:** `{d.b_next or '(ends)'}`".replace("``", "` `"))
+        ca.markdown(f"**A continues:** {code_span(d.a_next) if d.a_next else '(it ends there)'}")
+        cb.markdown(f"**B continues:** {code_span(d.b_next) if d.b_next else '(it ends there)'}")
     with st.container(key="ab-diff"):
         st.caption("Word-level diff: A's words struck through, B's words highlighted.")
         st.html(diff_html(word_diff(a.text, b.text)))
@@ -308,7 +308,7 @@ def run_live(record: RunRecord, views: list[OutputView], messages: list[dict[str
             views[lane].show(record.outputs[lane], raw=raw)
         changed.clear()
         if elapsed is not None:
-            ticker.caption(f"{elapsed:.1f} s")
+            ticker.caption(f"Elapsed {elapsed:.1f} s")
 
     async def go() -> None:
         async with WorkerClient(record.worker) as client:

@@ -162,11 +162,11 @@ def _run_markdown(r: RunRecord) -> list[str]:
                   + f" Word similarity {c['similarity']:.2f}; {c['words']['a']} vs {c['words']['b']} words.", ""]
         if not c["identical"]:
             d = c["divergence"]
-            lines += [f"- shared before: {_code(d['before'])}", f"- {a} continues: {_code(d['a_next'])}",
-                      f"- {b} continues: {_code(d['b_next'])}", ""]
+            lines += [f"- shared before: {code_span(d['before'])}", f"- {a} continues: {code_span(d['a_next'])}",
+                      f"- {b} continues: {code_span(d['b_next'])}", ""]
             lines += ["Word-level changes (A → B):", ""]
             shown = c["changes"][:50]
-            lines += [f"- {ch['op']}: {_code(ch['a'])} → {_code(ch['b'])}" for ch in shown]
+            lines += [f"- {ch['op']}: {code_span(ch['a'])} → {code_span(ch['b'])}" for ch in shown]
             if len(c["changes"]) > len(shown):
                 lines.append(f"- … {len(c['changes']) - len(shown)} more")
             lines.append("")
@@ -183,7 +183,7 @@ def _quote(text: str) -> list[str]:
     return [f"> {line}" if line else ">" for line in text.splitlines() or [""]]
 
 
-def _code(text: str) -> str:
+def code_span(text: str) -> str:
     """An inline code span that shows ``text`` exactly (backticks included); ``(nothing)`` for an empty text."""
     if not text:
         return "(nothing)"

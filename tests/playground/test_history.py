@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from playground.diff import compare
-from playground.history import Output, RunRecord, chart_rows, next_id, to_json, to_markdown
+from playground.history import Output, RunRecord, chart_rows, code_span, next_id, to_json, to_markdown
 
 SETTINGS = {"prompt": "Describe | the diagram.", "system_prompt": None, "temperature": 0.3, "top_k": 50,
             "top_p": 0.9, "max_tokens": 12, "seed": 42, "repetition_penalty": 1.05}
@@ -106,3 +106,12 @@ def test_markdown_fences_and_cells_survive_model_text():
     md = to_markdown([record])
     assert "`````text\nbefore ``` inside ```` after\n`````" in md
     assert "| output | a\\|b | done |" in md
+
+
+def test_code_span_shows_any_text():
+    """Inline code spans survive backticks in model text; an empty span reads (nothing)."""
+    assert code_span("a b") == "`a b`"
+    assert code_span("a`b") == "``a`b``"
+    assert code_span("`x") == "`` `x ``"
+    assert code_span("line\nbreak") == "`line break`"
+    assert code_span("") == "(nothing)"
