@@ -1,0 +1,657 @@
+"""An asyncio WebSocket client for the inference worker (the playground uses it; so can scripts).
+
+    async with WorkerClient("ws://localhost:8765") as client:
+        async for item in client.generate([user_message("Describe it.", image=png)], max_tokens=256):
+            if isinstance(item, Done):
+                print(item.timings)
+            else:
+                print(item, end="")
+
+One client holds at most one connection, opened on the first request. Several requests may run on it at once (two
+generations of an A/B comparison, a status request beside them): a reader task routes every server frame, validated
+with :func:`inference_worker.protocol.parse_server_message`, to the request it answers (by ``session_id``,
+``adapter_path`` or reply type). When the connection drops — the worker restarted, say — every request on it fails
+with :class:`WorkerUnavailable` and the next request opens a new connection. Closing the client closes the socket,
+which cancels the connection's generations on the worker.
+
+Failures are typed and carry a stable ``code`` and ``retryable``: :class:`WorkerError` (the worker answered with an
+``error``; the code is the worker's), :class:`WorkerUnavailable` (``unreachable``, ``loading``, ``shutting_down``,
+``unauthorized``, ``handshake_failed``, ``timeout``, ``disconnected``, ``bad_url``), :class:`InvalidRequest` (refused
+before sending, or ``message_too_big``) and :class:`BadFrame` (the worker sent something outside the protocol).
+
+Command line: ``python -m playground.client --image diagram.png [--adapter NAME] [--url ws://...] "prompt"`` streams
+the answer to stdout and prints timings to stderr (see ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.protocol import State
+
+from inference_worker.errors import ProtocolError
+from inference_worker.protocol import (
+    AdapterItem,
+    AdapterLoaded,
+    AdapterProgress,
+    Adapters,
+    AdapterUnloaded,
+    Done,
+    Error,
+    Limits,
+    Pong,
+    Status,
+    Token,
+    parse_client_message,
+    parse_server_message,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "ws://localhost:8765"
+IMAGE_MIME = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
+
+# Local validation checks the shape and types of a request; the worker's configurable limits are its to enforce.
+_NO_LIMITS = Limits(max_new_tokens=2**62, max_stop_strings=2**31, max_stop_length=2**31,
+                    max_images_per_request=2**31, max_messages=2**31)
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+"""``adapter=UNSET``: use the connection's adapter (the field is left out); ``None``: the base model."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Errors
+
+
+class PlaygroundError(Exception):
+    """A failure with a stable ``code``, a message for people and whether trying again later can succeed."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+
+    def copy(self) -> PlaygroundError:
+        """A fresh instance (one error can end several requests; each raises its own)."""
+        return type(self)(self.code, self.message, retryable=self.retryable)
+
+
+class WorkerError(PlaygroundError):
+    """The worker answered with an ``error`` message; ``code`` is its stable code (``busy``, ``invalid_image``…)."""
+
+    session_id: str | None = None
+    adapter_path: str | None = None
+
+    @classmethod
+    def from_message(cls, message: Error) -> WorkerError:
+        error = cls(str(message.code), message.message, retryable=message.retryable)
+        error.session_id = message.session_id
+        error.adapter_path = message.adapter_path
+        return error
+
+
+class WorkerUnavailable(PlaygroundError):
+    """The worker cannot serve the request: down, still loading its model, shutting down, or the connection broke."""
+
+
+class InvalidRequest(PlaygroundError):
+    """The request is not a valid protocol message (refused before sending), or it was too big for the worker."""
+
+
+class BadFrame(PlaygroundError):
+    """The worker sent a frame that is not a valid protocol message."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Request builders (pure)
+
+
+def sniff_image_mime(data: bytes) -> str | None:
+    """``image/png``, ``image/jpeg`` or ``image/webp`` from the magic bytes; ``None`` for anything else."""
+    for magic, mime in IMAGE_MIME.items():
+        if data.startswith(magic):
+            return mime
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def image_part(data: bytes) -> dict[str, str]:
+    """An image content part: a data URL for PNG/JPEG/WebP; bare base64 otherwise (the worker then says why not)."""
+    encoded = base64.b64encode(data).decode("ascii")
+    mime = sniff_image_mime(data)
+    return {"type": "image", "image": f"data:{mime};base64,{encoded}" if mime else encoded}
+
+
+def user_message(text: str, image: bytes | None = None, images: Sequence[bytes] = ()) -> dict[str, Any]:
+    """A user chat message: the image parts first, then the text (the order Qwen3-VL is trained on)."""
+    pictures = ([image] if image is not None else []) + list(images)
+    if not pictures:
+        return {"role": "user", "content": text}
+    return {"role": "user", "content": [*(image_part(p) for p in pictures), {"type": "text", "text": text}]}
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex
+
+
+def generate_message(
+    messages: Sequence[dict[str, Any]],
+    *,
+    session_id: str | None = None,
+    system_prompt: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    repetition_penalty: float | None = None,
+    stop: Sequence[str] | None = None,
+    adapter: str | None = UNSET,
+) -> dict[str, Any]:
+    """A ``generate`` message (parameters left at ``None`` are left out: the worker's defaults apply)."""
+    message: dict[str, Any] = {"type": "generate", "messages": list(messages),
+                               "session_id": session_id or new_session_id()}
+    floats = {"temperature": temperature, "top_p": top_p, "repetition_penalty": repetition_penalty}
+    ints = {"max_tokens": max_tokens, "top_k": top_k, "seed": seed}
+    message.update({k: float(v) for k, v in floats.items() if v is not None})
+    message.update({k: int(v) for k, v in ints.items() if v is not None})
+    if system_prompt:
+        message["system_prompt"] = system_prompt
+    if stop:
+        message["stop"] = list(stop)
+    if adapter is not UNSET:
+        message["adapter"] = adapter
+    return message
+
+
+def encode_request(message: dict[str, Any]) -> str:
+    """The frame for a client message, checked against the protocol's models first (:class:`InvalidRequest`)."""
+    frame = json.dumps(message, ensure_ascii=False)
+    try:
+        parse_client_message(frame, _NO_LIMITS)
+    except ProtocolError as exc:
+        raise InvalidRequest(str(exc.code), exc.message) from None
+    return frame
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The client
+
+
+class _Connection:
+    """One WebSocket and the requests waiting on it (all of them fail together when it closes)."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.streams: dict[str, asyncio.Queue[Any]] = {}
+        self.loads: dict[str | None, deque[asyncio.Queue[Any]]] = {}
+        self.waiters: list[tuple[str, asyncio.Future[Any]]] = []
+        self.reader: asyncio.Task[None] | None = None
+        self.error: PlaygroundError | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.error is None and self.ws.state is State.OPEN
+
+    def fail(self, error: PlaygroundError) -> None:
+        self.error = error
+        for queue in self.streams.values():
+            queue.put_nowait(error)
+        for pending in self.loads.values():
+            for queue in pending:
+                queue.put_nowait(error)
+        for _, future in self.waiters:
+            if not future.done():
+                future.set_exception(error.copy())
+        self.streams.clear()
+        self.loads.clear()
+        self.waiters.clear()
+
+    def resolve(self, kind: str | None, value: Any) -> bool:
+        """Answer the oldest waiting request of ``kind`` (any kind: ``None``); False when none waits."""
+        for i, (waiting, future) in enumerate(self.waiters):
+            if (kind is None or waiting == kind) and not future.done():
+                del self.waiters[i]
+                if isinstance(value, BaseException):
+                    future.set_exception(value)
+                else:
+                    future.set_result(value)
+                return True
+        return False
+
+
+class WorkerClient:
+    """A client of one worker; reconnects on the next request after the connection dropped.
+
+    Use it from one event loop (the one it first connects in).
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None, open_timeout: float = 5.0,
+                 reply_timeout: float = 30.0) -> None:
+        self.url = url
+        self.token = token
+        self.open_timeout = open_timeout
+        self.reply_timeout = reply_timeout
+        self.connections_opened = 0
+        self._conn: _Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> WorkerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and self._conn.open
+
+    # ---- requests ----------------------------------------------------------------------------------------------
+    async def ping(self) -> float:
+        """Round trip time of a ``ping`` in seconds."""
+        started = time.perf_counter()
+        await self._request({"type": "ping"}, "pong")
+        return time.perf_counter() - started
+
+    async def status(self) -> Status:
+        return await self._request({"type": "status"}, "status")  # type: ignore[no-any-return]
+
+    async def list_adapters(self) -> list[AdapterItem]:
+        reply: Adapters = await self._request({"type": "list_adapters"}, "adapters")
+        return reply.items
+
+    async def load_adapter_events(
+        self, adapter_path: str | None
+    ) -> AsyncIterator[AdapterProgress | AdapterLoaded | AdapterUnloaded]:
+        """Make ``adapter_path`` this connection's adapter (``None``: the base model), yielding ``adapter_progress``
+        while the worker downloads, verifies and loads it, then ``adapter_loaded`` (or ``adapter_unloaded``)."""
+        frame = encode_request({"type": "load_adapter", "adapter_path": adapter_path})
+        conn = await self._connection()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        # The router takes the queue off this deque when the load's last message arrives.
+        conn.loads.setdefault(adapter_path, deque()).append(queue)
+        await self._send(conn, frame)
+        while True:
+            item = await queue.get()
+            if isinstance(item, AdapterProgress):
+                yield item
+            elif isinstance(item, AdapterLoaded | AdapterUnloaded):
+                yield item
+                return
+            elif isinstance(item, Error):
+                raise WorkerError.from_message(item)
+            else:
+                raise item.copy()
+
+    async def load_adapter(
+        self, adapter_path: str | None, on_progress: Callable[[AdapterProgress], object] | None = None
+    ) -> AdapterLoaded | AdapterUnloaded:
+        """:meth:`load_adapter_events` for callers that want only the result (progress goes to ``on_progress``)."""
+        async for item in self.load_adapter_events(adapter_path):
+            if isinstance(item, AdapterProgress):
+                if on_progress is not None:
+                    on_progress(item)
+            else:
+                return item
+        raise AssertionError("unreachable: a load ends with adapter_loaded, adapter_unloaded or an error")
+
+    async def generate(self, messages: Sequence[dict[str, Any]], **params: Any) -> AsyncIterator[str | Done]:
+        """Stream one generation: yields each token's text, then the ``done`` message, then stops.
+
+        Parameters are those of :func:`generate_message` (``session_id`` picks the id :meth:`cancel` takes).
+        An ``error`` from the worker raises :class:`WorkerError`. Leaving the loop early cancels the generation.
+        """
+        message = generate_message(messages, **params)
+        frame = encode_request(message)
+        session_id = message["session_id"]
+        conn = await self._connection()
+        if session_id in conn.streams:
+            raise InvalidRequest("duplicate_session", f"session_id {session_id!r} is already streaming")
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        conn.streams[session_id] = queue
+        finished = False
+        try:
+            await self._send(conn, frame)
+            while True:
+                item = await queue.get()
+                if isinstance(item, Token):
+                    yield item.content
+                elif isinstance(item, Done):
+                    finished = True
+                    conn.streams.pop(session_id, None)  # ended, even if the caller never resumes this generator
+                    yield item
+                    return
+                elif isinstance(item, Error):
+                    finished = True
+                    raise WorkerError.from_message(item)
+                else:
+                    finished = True
+                    raise item.copy()
+        finally:
+            conn.streams.pop(session_id, None)
+            if not finished and conn.open:  # the caller left early: stop the work nobody will read
+                with contextlib.suppress(Exception):
+                    await conn.ws.send(json.dumps({"type": "cancel", "session_id": session_id}))
+
+    async def cancel(self, session_id: str) -> bool:
+        """Ask the worker to stop a generation of this client; its stream then ends with ``done`` (``cancelled``).
+
+        Returns False when no such generation streams on the current connection (it already ended, or it ran on a
+        connection that has closed, which cancelled it).
+        """
+        conn = self._conn
+        if conn is None or not conn.open or session_id not in conn.streams:
+            return False
+        await self._send(conn, encode_request({"type": "cancel", "session_id": session_id}))
+        return True
+
+    async def close(self) -> None:
+        """Close the connection (the worker cancels the generations still running on it)."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        await conn.ws.close()
+        if conn.reader is not None:
+            with contextlib.suppress(Exception):
+                await conn.reader
+        if conn.error is None:
+            conn.fail(WorkerUnavailable("disconnected", "the client was closed"))
+
+    # ---- connection --------------------------------------------------------------------------------------------
+    async def _connection(self) -> _Connection:
+        conn = self._conn
+        if conn is not None and conn.open:
+            return conn
+        async with self._lock:
+            conn = self._conn
+            if conn is not None and conn.open:
+                return conn
+            if conn is not None:
+                await self.close()
+            ws = await self._open()
+            conn = _Connection(ws)
+            conn.reader = asyncio.create_task(self._read(conn), name="worker-client-reader")
+            self._conn = conn
+            self.connections_opened += 1
+            return conn
+
+    async def _open(self) -> ClientConnection:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        where = f"the worker at {self.url}"
+        try:
+            return await connect(self.url, open_timeout=self.open_timeout, max_size=None, close_timeout=2,
+                                 additional_headers=headers, user_agent_header="inference-playground")
+        except InvalidStatus as exc:
+            raise _handshake_error(where, exc) from None
+        except InvalidURI:
+            raise WorkerUnavailable("bad_url", f"{self.url!r} is not a WebSocket URL (ws://host:port)") from None
+        except TimeoutError:
+            raise WorkerUnavailable("timeout", f"{where} did not answer within {self.open_timeout:g} s",
+                                    retryable=True) from None
+        except ConnectionRefusedError:
+            raise WorkerUnavailable("unreachable", f"{where} is not reachable: connection refused (is it running?)",
+                                    retryable=True) from None
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise WorkerUnavailable("unreachable", f"{where} is not reachable: {reason}", retryable=True) from None
+        except InvalidHandshake as exc:
+            raise WorkerUnavailable("handshake_failed", f"{where} refused the WebSocket handshake: {exc}",
+                                    retryable=True) from None
+
+    async def _send(self, conn: _Connection, frame: str) -> None:
+        try:
+            await conn.ws.send(frame)
+        except ConnectionClosed:
+            await self._wait_reader(conn)
+            raise (conn.error or _closed_error(self.url, conn.ws)).copy() from None
+
+    async def _wait_reader(self, conn: _Connection) -> None:
+        if conn.reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(conn.reader), 5)
+
+    async def _request(self, message: dict[str, Any], reply: str) -> Any:
+        frame = encode_request(message)
+        conn = await self._connection()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        conn.waiters.append((reply, future))
+        try:
+            await self._send(conn, frame)
+            return await asyncio.wait_for(future, self.reply_timeout)
+        except TimeoutError:
+            raise WorkerUnavailable("timeout", f"no {reply} reply from the worker at {self.url} within "
+                                               f"{self.reply_timeout:g} s", retryable=True) from None
+        finally:
+            conn.waiters = [(k, f) for k, f in conn.waiters if f is not future]
+
+    async def _read(self, conn: _Connection) -> None:
+        try:
+            async for frame in conn.ws:
+                self._route(conn, frame)
+        except ConnectionClosed:
+            pass
+        except Exception as exc:  # a bug in routing must not leave requests waiting forever
+            log.exception("the worker client's reader failed")
+            conn.fail(BadFrame("bad_frame", f"could not handle a frame from the worker: {exc}"))
+        finally:
+            if conn.error is None:
+                conn.fail(_closed_error(self.url, conn.ws))
+
+    def _route(self, conn: _Connection, frame: str | bytes) -> None:
+        if isinstance(frame, bytes):
+            log.warning("ignoring a binary frame from the worker (the protocol has none)")
+            return
+        try:
+            message = parse_server_message(frame)
+        except ValidationError as exc:
+            self._route_bad_frame(conn, frame, exc)
+            return
+        if isinstance(message, Token | Done):
+            self._to_stream(conn, message.session_id, message)
+        elif isinstance(message, Error) and message.session_id is not None:
+            if message.code == "unknown_session":
+                # The answer to a cancel that came too late: the generation's own done is (or was) on its way.
+                log.debug("cancel of %s came after its end", message.session_id)
+            else:
+                self._to_stream(conn, message.session_id, message)
+        elif isinstance(message, AdapterProgress):
+            pending = conn.loads.get(message.adapter_path)
+            if pending:
+                pending[0].put_nowait(message)
+        elif isinstance(message, AdapterLoaded | AdapterUnloaded) or (
+            isinstance(message, Error) and message.adapter_path is not None
+        ):
+            path = None if isinstance(message, AdapterUnloaded) else message.adapter_path
+            pending = conn.loads.get(path)
+            if pending:  # the load's last message: whoever still listens, the next load of this path is next
+                pending.popleft().put_nowait(message)
+                if not pending:
+                    del conn.loads[path]
+        elif isinstance(message, Status):
+            conn.resolve("status", message)
+        elif isinstance(message, Adapters):
+            conn.resolve("adapters", message)
+        elif isinstance(message, Pong):
+            conn.resolve("pong", message)
+        elif isinstance(message, Error):
+            # No session and no adapter: a failed list_adapters, or a request the worker could not parse.
+            error = WorkerError.from_message(message)
+            if not (conn.resolve("adapters", error) or conn.resolve(None, error)):
+                log.warning("unanswerable error from the worker: %s", error)
+
+    @staticmethod
+    def _to_stream(conn: _Connection, session_id: str, message: Any) -> None:
+        queue = conn.streams.get(session_id)
+        if queue is not None:
+            queue.put_nowait(message)
+
+    def _route_bad_frame(self, conn: _Connection, frame: str, exc: ValidationError) -> None:
+        error = BadFrame("bad_frame", f"the worker sent a frame outside the protocol: {frame[:200]!r} "
+                                      f"({exc.error_count()} validation errors)")
+        log.warning("%s", error)
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            session_id = json.loads(frame).get("session_id")
+            if session_id in conn.streams:
+                conn.streams[session_id].put_nowait(error)
+                return
+        conn.resolve(None, error)
+
+
+def _handshake_error(where: str, exc: InvalidStatus) -> WorkerUnavailable:
+    status = exc.response.status_code
+    reason = ""
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        reason = json.loads(exc.response.body or b"{}").get("error", "")
+    if status == 503 and reason == "shutting_down":
+        return WorkerUnavailable("shutting_down", f"{where} is shutting down (HTTP 503)", retryable=True)
+    if status == 503:
+        return WorkerUnavailable("loading", f"{where} is still loading its model (HTTP 503); retry in a few seconds",
+                                 retryable=True)
+    if status == 401:
+        return WorkerUnavailable("unauthorized", f"{where} refused the token (HTTP 401): set INFERENCE_AUTH_TOKEN")
+    return WorkerUnavailable("handshake_failed", f"{where} refused the WebSocket handshake: HTTP {status}",
+                             retryable=status >= 500)
+
+
+def _closed_error(url: str, ws: ClientConnection) -> PlaygroundError:
+    code = ws.close_code
+    if code == 1009:
+        return InvalidRequest("message_too_big", "the worker closed the connection: a request was larger than its "
+                                                 "MAX_MESSAGE_BYTES (a smaller image helps)")
+    if code == 1001:
+        return WorkerUnavailable("shutting_down", f"the worker at {url} is shutting down", retryable=True)
+    detail = f" (close code {code})" if code is not None else ""
+    return WorkerUnavailable("disconnected", f"the connection to the worker at {url} was lost{detail}",
+                             retryable=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Command line
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_RETRY = 75  # EX_TEMPFAIL: the same command may work later (worker busy, down or loading)
+
+_EPILOG = """\
+The answer streams to stdout; adapter loading progress and a final line of timings (time to first token,
+tokens/s, tokens, finish reason, adapter) go to stderr. Exit status: 0 done, 1 failed, 2 bad arguments,
+75 temporary failure (worker down, loading or busy: try again later), 130 interrupted.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m playground.client",
+        description="Send an image and a prompt to the inference worker and stream the answer.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("prompt", help="the instruction, e.g. 'Describe this diagram as a Markdown table'")
+    parser.add_argument("--image", action="append", type=Path, default=[], metavar="FILE",
+                        help="PNG, JPEG or WebP image, sent before the prompt (repeatable)")
+    parser.add_argument("--adapter", help="LoRA adapter to use (default: the base model)")
+    parser.add_argument("--url", default=os.environ.get("INFERENCE_WS_URL", DEFAULT_URL),
+                        help="worker URL (default: $INFERENCE_WS_URL or %(default)s)")
+    parser.add_argument("--token", default=os.environ.get("INFERENCE_AUTH_TOKEN"),
+                        help="auth token (default: $INFERENCE_AUTH_TOKEN)")
+    parser.add_argument("--system", help="system prompt")
+    parser.add_argument("--max-tokens", type=int)
+    parser.add_argument("--temperature", type=float, help="0 is greedy")
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--repetition-penalty", type=float)
+    return parser
+
+
+def describe_progress(progress: AdapterProgress) -> str:
+    """``downloading 1.2 of 24.5 MB``, ``verifying``, ``loading``."""
+    if progress.total:
+        return f"{progress.stage} {progress.bytes / 1e6:.1f} of {progress.total / 1e6:.1f} MB"
+    if progress.bytes:
+        return f"{progress.stage} {progress.bytes / 1e6:.1f} MB"
+    return progress.stage
+
+
+def format_timings(done: Done) -> str:
+    """One line: time to first token, tokens/s, tokens, finish reason, adapter, total."""
+    t = done.timings
+    ttft = f"{t.ttft_ms:.1f} ms" if t.ttft_ms is not None else "-"
+    speed = f"{t.tokens_per_s:.1f}" if t.tokens_per_s is not None else "-"
+    return (f"ttft {ttft} | {speed} tokens/s | {done.usage.completion_tokens} tokens | "
+            f"finish {done.finish_reason} | adapter {done.adapter or 'base model'} | total {t.total_ms:.1f} ms")
+
+
+async def _run_cli(args: argparse.Namespace, out: Any, err: Any) -> int:
+    images = []
+    for path in args.image:
+        try:
+            images.append(path.read_bytes())
+        except OSError as exc:
+            print(f"error: cannot read image {str(path)!r}: {exc.strerror or exc}", file=err)
+            return EXIT_USAGE
+    messages = [user_message(args.prompt, images=images)]
+    async with WorkerClient(args.url, token=args.token) as client:
+        if args.adapter:
+            loaded = await client.load_adapter(
+                args.adapter, on_progress=lambda p: print(f"adapter {p.adapter_path}: {describe_progress(p)}",
+                                                          file=err, flush=True))
+            if isinstance(loaded, AdapterLoaded):
+                print(f"adapter {loaded.name or loaded.adapter_path} (rank {loaded.rank}, "
+                      f"{'cached' if loaded.cached else 'fetched'}, {loaded.load_ms} ms)", file=err, flush=True)
+        ended_with_newline = True
+        async for item in client.generate(
+            messages, system_prompt=args.system, max_tokens=args.max_tokens, temperature=args.temperature,
+            top_k=args.top_k, top_p=args.top_p, seed=args.seed, repetition_penalty=args.repetition_penalty,
+            adapter=args.adapter if args.adapter else UNSET,
+        ):
+            if isinstance(item, Done):
+                if not ended_with_newline:
+                    out.write("\n")
+                out.flush()
+                print(format_timings(item), file=err, flush=True)
+            elif item:
+                out.write(item)
+                out.flush()
+                ended_with_newline = item.endswith("\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return asyncio.run(_run_cli(args, sys.stdout, sys.stderr))
+    except PlaygroundError as exc:
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_RETRY if exc.retryable else EXIT_FAILED
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
