@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if settings.log_level != "debug":
+        # websockets logs every connection and HTTP probe at INFO: keep those for debugging.
+        logging.getLogger("websockets").setLevel(logging.WARNING)
     if settings.hf_home:
         from .engine import configure_hf_home
 

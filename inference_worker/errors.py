@@ -69,6 +69,8 @@ class ServiceError(Exception):
 
 class ProtocolError(ServiceError):
     code = ErrorCode.INVALID_MESSAGE
+    message_type: str | None = None  # the type of the refused message, when it was a known one
+    session_id: str | None = None  # the refused generate's session_id, when it had a usable one
 
 
 class InputError(ServiceError):

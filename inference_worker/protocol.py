@@ -152,10 +152,17 @@ def parse_client_message(frame: str | bytes, limits: Limits = Limits()) -> Any:
         )
     try:
         message = _client_adapter.validate_python(data)
-    except ValidationError as exc:
-        raise ProtocolError(f"invalid {kind} message: {_describe(exc)}") from None
-    if isinstance(message, Generate):
-        _check_generate_limits(message, limits)
+        if isinstance(message, Generate):
+            _check_generate_limits(message, limits)
+    except (ValidationError, ProtocolError) as exc:
+        error = exc if isinstance(exc, ProtocolError) else ProtocolError(f"invalid {kind} message: {_describe(exc)}")
+        # A refused generate is still answered under its session_id when it has a usable one, so a client that
+        # routes replies by session sees the end of that request.
+        error.message_type = kind
+        sid = data.get("session_id")
+        if kind == "generate" and isinstance(sid, str) and 0 < len(sid) <= 128:
+            error.session_id = sid
+        raise error from None
     return message
 
 

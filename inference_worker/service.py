@@ -208,9 +208,12 @@ class Service:
                 "max_stop_length": s.max_stop_length,
                 "max_sessions_per_connection": s.max_sessions_per_connection,
                 "generation_timeout_s": s.generation_timeout_s,
+                # [low, high] ranges; top_p and repetition_penalty must be greater than 0.
                 "temperature": [0.0, 5.0],
                 "top_p": [0.0, 1.0],
                 "repetition_penalty": [0.0, 10.0],
+                "top_k": [0, None],
+                "seed": [0, 2**63 - 1],
             },
         )
 

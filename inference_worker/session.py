@@ -104,7 +104,9 @@ class Session:
         try:
             message = p.parse_client_message(frame, self.service.limits)
         except ProtocolError as exc:
-            await self.send(p.error_message(exc))
+            if exc.message_type == "generate":
+                self.service.metrics.requests.labels(str(exc.code)).inc()
+            await self.send(p.error_message(exc, session_id=exc.session_id))
             return
         match message:
             case p.Ping():

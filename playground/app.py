@@ -30,7 +30,7 @@ import streamlit as st
 
 from inference_worker.protocol import AdapterItem, AdapterProgress
 from playground.client import DEFAULT_URL, WorkerClient, describe_progress, user_message
-from playground.diff import describe_divergence, diff_html, first_divergence, word_diff
+from playground.diff import describe_divergence, diff_html, first_divergence, inert_markdown, word_diff
 from playground.history import Output, RunRecord, chart_rows, code_span, next_id, to_json, to_markdown
 from playground.images import ImageInput, data_url_bytes, human_bytes, load_image, sample_diagram, thumbnail_data_url
 from playground.runs import (
@@ -246,7 +246,7 @@ class OutputView:
         elif raw:
             self.text.code(out.text + cursor, language=None, wrap_lines=True)
         else:
-            self.text.markdown(out.text + cursor)
+            self.text.markdown(inert_markdown(out.text) + cursor)
         if out.finished:
             self.metrics.markdown(metrics_table([out]))
 

@@ -109,3 +109,9 @@ def describe_divergence(d: Divergence, a_label: str = "A", b_label: str = "B") -
     words = f"{d.word} word{'s' if d.word != 1 else ''}"
     return (f"{a_label} and {b_label} agree on the first {chars} ({words}) "
             f"and first diverge at word {(d.word or 0) + 1}.")
+
+
+def inert_markdown(text: str) -> str:
+    """Model output made safe to render as Markdown: image syntax is escaped, so the browser never fetches a URL
+    the model wrote (``![x](https://…)`` shows as text). Links stay links; Streamlit already escapes raw HTML."""
+    return text.replace("![", "!\\[")

@@ -96,3 +96,12 @@ def test_compare_summary():
         "words": {"a": 4, "b": 5},
         "changes": [{"op": "replace", "a": "b", "b": "x"}, {"op": "insert", "a": "", "b": "e"}],
     }
+
+
+def test_model_output_cannot_make_the_browser_fetch_images():
+    """Markdown image syntax in model output is escaped; plain links and text are untouched."""
+    from playground.diff import inert_markdown
+
+    assert inert_markdown("see ![x](https://evil.example/p.png)") == "see !\\[x](https://evil.example/p.png)"
+    assert inert_markdown("![a][ref] and [link](https://x)") == "!\\[a][ref] and [link](https://x)"
+    assert inert_markdown("| Step | Role |") == "| Step | Role |"

@@ -407,3 +407,12 @@ def test_oversized_frame_closes_only_that_connection(demo, adapter_root):
             assert info.value.rcvd.code == 1009
             assert ok.request({"type": "ping"}, "pong")["type"] == "pong"
             assert ok.generate(**greedy(max_tokens=4)).terminal["type"] == "done"
+
+
+def test_refused_generate_is_answered_under_its_session_id(worker):
+    """A malformed generate with a usable session_id gets its error under that session_id (its terminal)."""
+    with Client(worker.url) as c:
+        err = c.request({"type": "generate", "session_id": "bad-1", **greedy(), "top_p": 0}, "error")
+        assert err["code"] == "invalid_message" and err["session_id"] == "bad-1"
+        err = c.request({"type": "generate", "session_id": "", "messages": []}, "error")
+        assert "session_id" not in err
