@@ -273,10 +273,9 @@ class Loaded:
     alpha: float
     target_modules: list[str]
     load_ms: float
-    default: bool = False
+    default: bool = False  # INFERENCE_DEFAULT_ADAPTER: never evicted
     evict_pending: bool = False  # chosen for eviction while in use: evicted when its last generation ends
     running: int = 0
-    connections: int = 0
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -419,7 +418,9 @@ class AdapterRegistry:
             kept = [e for e in self.loaded.values() if not e.evict_pending]
             if len(kept) <= self.max_loaded:
                 return
-            candidates = sorted((e for e in kept if e is not protect), key=lambda e: e.last_used)
+            candidates = sorted((e for e in kept if e is not protect and not e.default), key=lambda e: e.last_used)
+            if not candidates:
+                return
             victim = candidates[0]
             if victim.running:
                 victim.evict_pending = True

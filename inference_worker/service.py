@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -174,6 +175,7 @@ class Service:
         assert self.engine is not None and self.registry is not None
         info = self.engine.info
         s = self.settings
+        users = Counter(session.adapter.key for session in self.sessions if session.adapter is not None)
         return p.Status(
             ready=self.ready,
             model=self.model_name,
@@ -184,7 +186,7 @@ class Service:
             loaded_adapters=[
                 p.AdapterUse(
                     name=e.name, adapter_path=e.ref, digest=e.digest, rank=e.rank, target_modules=e.target_modules,
-                    connections=e.connections, running=e.running, default=e.default,
+                    connections=users[e.key], running=e.running, default=e.default,
                 )
                 for e in sorted(self.registry.loaded.values(), key=lambda e: e.ref)
             ],

@@ -77,9 +77,8 @@ class Session:
         self._closed = False
         self.peer = _peer(ws)
         default = service.default_adapter
-        if default is not None and service.registry is not None and service.registry.get(default.key) is default:
+        if default is not None:
             self.adapter = AdapterHandle(default.ref, default.key)
-            default.connections += 1
 
     # ---- connection loop -------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -153,15 +152,7 @@ class Session:
 
     # ---- adapters --------------------------------------------------------------------------------------------
     def _set_adapter(self, entry: Loaded | None, ref: str | None = None) -> None:
-        registry = self.service.registry
-        if self.adapter is not None and registry is not None:
-            old = registry.get(self.adapter.key)
-            if old is not None:
-                old.connections -= 1
-        self.adapter = None
-        if entry is not None:
-            entry.connections += 1
-            self.adapter = AdapterHandle(ref or entry.ref, entry.key)
+        self.adapter = AdapterHandle(ref or entry.ref, entry.key) if entry is not None else None
 
     async def _load_adapter(
         self, message: p.LoadAdapter, previous: asyncio.Task[AdapterHandle | None] | None

@@ -133,3 +133,30 @@ def test_two_clients_loading_the_same_adapter_share_one_load(demo, adapter_root)
         assert [r["type"] for r in replies] == ["adapter_loaded"] * 4
         assert len(w.service.registry.loaded) == 1
         assert w.service.metrics.adapter_loads.labels("cached")._value.get() >= 1
+
+
+def test_connection_counts_stay_right_through_eviction_and_reload(demo, adapter_root):
+    """status counts each connection's adapter correctly after evictions, reloads and switches."""
+    with EmbeddedWorker(worker_settings(demo, adapter_root, max_loaded_adapters=1)) as w:
+        with Client(w.url) as a, Client(w.url) as b:
+            a.load("demo-a")
+            b.load("demo-b")  # evicts demo-a
+            assert a.generate(**greedy(max_tokens=4)).terminal["adapter"] == "demo-a"  # reloads it
+            b.load("demo-a")
+            a.load(None)
+            status = a.request({"type": "status"}, "status")
+            counts = {x["adapter_path"]: x["connections"] for x in status["loaded_adapters"]}
+            assert counts == {"demo-a": 1}
+
+
+def test_default_adapter_is_never_evicted(demo, adapter_root):
+    """INFERENCE_DEFAULT_ADAPTER stays loaded whatever else is loaded; new connections get it without a reload."""
+    with EmbeddedWorker(worker_settings(demo, adapter_root, default_adapter="demo-a", max_loaded_adapters=1)) as w:
+        with Client(w.url) as c:
+            c.load("demo-b")
+        refs = {e.ref for e in w.service.registry.loaded.values()}
+        assert "demo-a" in refs
+        loads = w.service.metrics.adapter_loads.labels("loaded")._value.get()
+        with Client(w.url) as fresh:
+            assert fresh.generate(**greedy(max_tokens=4)).terminal["adapter"] == "demo-a"
+        assert w.service.metrics.adapter_loads.labels("loaded")._value.get() == loads
