@@ -38,13 +38,13 @@ from .report import FIGURES, Row, machine_info, render_markdown, write_results
 PRESETS: dict[str, dict[str, Any]] = {
     "full": dict(sizes=["tiny", "mid"], trials=7, tokens=32, image_side=256, swap_trials=30, clients=[1, 2, 4, 8],
                  requests_per_client=2, concurrency_trials=3, concurrency_tokens=16, cycles=200, cold_trials=5,
-                 cold_size="2b"),
+                 cold_size="2b", warmup=3),
     "quick": dict(sizes=["tiny", "mid"], trials=3, tokens=16, image_side=256, swap_trials=10, clients=[1, 2, 4, 8],
                   requests_per_client=1, concurrency_trials=2, concurrency_tokens=8, cycles=40, cold_trials=3,
-                  cold_size="mid"),
+                  cold_size="mid", warmup=2),
     "smoke": dict(sizes=["tiny"], trials=1, tokens=4, image_side=64, swap_trials=2, clients=[1, 2],
                   requests_per_client=1, concurrency_trials=1, concurrency_tokens=4, cycles=4, cold_trials=1,
-                  cold_size="tiny"),
+                  cold_size="tiny", warmup=1),
 }
 
 
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="benchmark this checkpoint directory instead of the built-in sizes")
     p.add_argument("--figures", type=_ints, default=list(FIGURES), help="comma-separated figures to run (1-6)")
     p.add_argument("--trials", type=int, help="interleaved trials per subject (figures 1, 2, 5)")
+    p.add_argument("--warmup", type=int, help="untimed runs of each subject before its trials")
     p.add_argument("--tokens", type=int, help="tokens generated per request (figures 1, 2, 5)")
     p.add_argument("--image-side", type=int, help="side of the square test image in pixels")
     p.add_argument("--swap-trials", type=int, help="trials of the hot-swap measurement (figure 3)")
@@ -118,7 +119,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         clients=pick("clients"), requests_per_client=pick("requests_per_client"),
         concurrency_trials=pick("concurrency_trials"), concurrency_tokens=pick("concurrency_tokens"),
         max_concurrent=args.max_concurrent, cycles=pick("cycles"), cold_trials=pick("cold_trials"),
-        cold_size=cold_size, device=device, dtype=None if args.dtype == "auto" else args.dtype,
+        cold_size=cold_size, warmup=pick("warmup"), device=device, dtype=None if args.dtype == "auto" else args.dtype,
         cache_dir=args.cache_dir or default_cache_dir(), out=out, rank=args.rank, s3_endpoint=args.s3_endpoint,
         s3_access_key=args.s3_access_key, s3_secret_key=args.s3_secret_key, mode=mode,
     )
@@ -149,8 +150,10 @@ def run(options: Options) -> tuple[list[Row], Run]:
                 for number, fn in per_target:
                     if number not in options.figures:
                         continue
-                    if number == 6:
-                        target.stop_worker()  # figure 6 runs its own worker; free the CPU and memory first
+                    if number in (4, 6):
+                        # 4: a fresh worker, one that has never run two generations at once (see figure 4);
+                        # 6: runs a worker of its own: free the CPU and memory first
+                        target.stop_worker()
                     say(f"figure {number} ({FIGURES[number]}), {target.label}")
                     try:
                         rows.extend(fn(bench, target))
@@ -206,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         "mode": options.mode,
         "models": ([str(options.model_dir)] if options.model_dir else []) + options.sizes,
-        "figures": options.figures, "trials": options.trials, "tokens": options.tokens,
+        "figures": options.figures, "trials": options.trials, "warm-up runs": options.warmup,
+        "tokens": options.tokens,
         "image": f"{options.image_side}×{options.image_side} PNG", "hot-swap trials": options.swap_trials,
         "clients": options.clients, "requests/client": options.requests_per_client,
         "concurrency trials": options.concurrency_trials, "concurrency tokens": options.concurrency_tokens,

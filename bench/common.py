@@ -49,12 +49,14 @@ class Trial:
     decode_tps_token: float | None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def decode_tps_piece(self) -> float | None:
-        """Decode speed as the caller sees it: tokens after the first ÷ time from the first text piece to the end."""
-        if self.ttft_piece_s is None or self.tokens < 2 or self.end_s <= self.ttft_piece_s:
+    def decode_tps_piece(self, first_piece_token: int | None) -> float | None:
+        """Decode speed as the caller sees it: tokens generated after the first text piece ÷ time from that piece
+        to the end of the stream. ``first_piece_token``: how many tokens had been generated when the first piece was
+        released (the in-process streamer records it; the worker's identical output has the same one)."""
+        k = first_piece_token
+        if self.ttft_piece_s is None or k is None or self.tokens - k < 1 or self.end_s <= self.ttft_piece_s:
             return None
-        return (self.tokens - 1) / (self.end_s - self.ttft_piece_s)
+        return (self.tokens - k) / (self.end_s - self.ttft_piece_s)
 
 
 def diagram_png(side: int = 256) -> bytes:
