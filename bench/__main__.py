@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -38,13 +39,13 @@ from .report import FIGURES, Row, machine_info, render_markdown, write_results
 PRESETS: dict[str, dict[str, Any]] = {
     "full": dict(sizes=["tiny", "mid"], trials=7, tokens=32, image_side=256, swap_trials=30, clients=[1, 2, 4, 8],
                  requests_per_client=2, concurrency_trials=3, concurrency_tokens=16, cycles=200, cold_trials=5,
-                 cold_size="2b", warmup=3),
+                 cold_size="2b", warmup=3, lora_2b=True),
     "quick": dict(sizes=["tiny", "mid"], trials=3, tokens=16, image_side=256, swap_trials=10, clients=[1, 2, 4, 8],
                   requests_per_client=1, concurrency_trials=2, concurrency_tokens=8, cycles=40, cold_trials=3,
-                  cold_size="mid", warmup=2),
+                  cold_size="mid", warmup=2, lora_2b=False),
     "smoke": dict(sizes=["tiny"], trials=1, tokens=4, image_side=64, swap_trials=2, clients=[1, 2],
                   requests_per_client=1, concurrency_trials=1, concurrency_tokens=4, cycles=4, cold_trials=1,
-                  cold_size="tiny", warmup=1),
+                  cold_size="tiny", warmup=1, lora_2b=False),
 }
 
 
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cold-trials", type=int, help="cold loads from S3 (figure 3)")
     p.add_argument("--cold-size", choices=SIZES, help="model size whose adapters the cold load uses (default: 2b; "
                    "--quick: mid)")
+    p.add_argument("--lora-2b", action=argparse.BooleanOptionalAction, default=None,
+                   help="also run figure 2 on the 2B architecture, 3 trials of 4 tokens (default: on in the full mode "
+                   "with the built-in sizes)")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank of the benchmark adapters (q,k,v,o)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
@@ -119,7 +123,10 @@ def options_from_args(args: argparse.Namespace) -> Options:
         clients=pick("clients"), requests_per_client=pick("requests_per_client"),
         concurrency_trials=pick("concurrency_trials"), concurrency_tokens=pick("concurrency_tokens"),
         max_concurrent=args.max_concurrent, cycles=pick("cycles"), cold_trials=pick("cold_trials"),
-        cold_size=cold_size, warmup=pick("warmup"), device=device, dtype=None if args.dtype == "auto" else args.dtype,
+        cold_size=cold_size, warmup=pick("warmup"),
+        lora_2b=bool(args.lora_2b if args.lora_2b is not None else preset["lora_2b"] and not args.model
+                     and not args.size and 2 in args.figures),
+        device=device, dtype=None if args.dtype == "auto" else args.dtype,
         cache_dir=args.cache_dir or default_cache_dir(), out=out, rank=args.rank, s3_endpoint=args.s3_endpoint,
         s3_access_key=args.s3_access_key, s3_secret_key=args.s3_secret_key, mode=mode,
     )
@@ -162,6 +169,19 @@ def run(options: Options) -> tuple[list[Row], Run]:
                         rows.append(failed_row(number, target.label, exc))
             finally:
                 target.close()
+        if options.lora_2b and 2 in options.figures and "2b" not in options.sizes:
+            say("model 2b (figure 2, 3 trials of 4 tokens): building it if needed")
+            full = bench.options
+            bench.options = dataclasses.replace(full, trials=3, warmup=1, tokens=4)
+            target = Target(bench, bench.cache.model("2b"), "2b", "2b")
+            try:
+                rows.extend(figure2(bench, target))
+            except Exception as exc:
+                traceback.print_exc()
+                rows.append(failed_row(2, target.label, exc))
+            finally:
+                target.close()
+                bench.options = full
         if 3 in options.figures:
             cold: tuple[Path, str, str | None]
             if options.model_dir is not None and options.cold_size is None:
@@ -216,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "concurrency trials": options.concurrency_trials, "concurrency tokens": options.concurrency_tokens,
         "MAX_CONCURRENT_GENERATIONS": options.max_concurrent, "memory cycles": options.cycles,
         "cold trials": options.cold_trials, "cold-load model": options.cold_size or str(options.model_dir),
+        "figure 2 on 2b": "3 trials of 4 tokens" if options.lora_2b else "no",
         "LoRA": f"rank {options.rank} q,k,v,o", "device": options.device,
         "duration": f"{machine['duration_s']:.0f} s",
     }
