@@ -1,9 +1,10 @@
 """LoRA adapters on the one shared model: thread-local selection, validated loads, LRU with in-use pinning.
 
-How several connections use different adapters at once without cross-talk: every PEFT LoRA layer gets a forward
-pre-hook that passes PEFT's ``adapter_names`` argument (its documented mixed-batch path) filled with the adapter
-of the *calling thread*. A generation thread sets its adapter with :func:`active_adapter`; the base model is
-``"__base__"``. PEFT's global "active adapter" is never used.
+How several connections use different adapters at once without cross-talk: every PEFT LoRA layer computes with
+the adapter of the *calling thread*. Plain ``Linear`` LoRA layers (all that q/k/v/o and MLP adapters create) get a
+forward that reads it directly; every other layer type gets a forward pre-hook that passes PEFT's ``adapter_names``
+argument (its documented mixed-batch path) filled with it. A generation thread sets its adapter with
+:func:`active_adapter`; the base model is ``"__base__"``. PEFT's global "active adapter" is never used.
 
 Adapters are injected with PEFT's functional API (``inject_adapter_in_model`` / ``set_peft_model_state_dict`` /
 ``delete_adapter``), which works on the plain transformers model and survives deleting the last adapter. Injection
@@ -60,6 +61,28 @@ def _select_adapter_hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, A
     name = getattr(_local, "adapter", None) or BASE
     kwargs["adapter_names"] = [name] * x.shape[0]
     return args, kwargs
+
+
+def _thread_adapter_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+    """Forward of a plain LoRA ``Linear`` with the calling thread's adapter: what PEFT's mixed-batch path computes
+    for a batch whose rows all use one adapter, without its per-call bookkeeping (set of names, index lists, a
+    gather of the input and a scatter-add of the output for every adapted layer).
+
+    Measured on the 116M benchmark model (CPU, one thread, per generated token): with a rank-16 q,k,v,o adapter
+    46.0 → 41.2 ms (PEFT's own single-adapter path: 41.1 ms), base 40.6 → 38.7 ms (no LoRA layers: 38.1 ms); the
+    tokens are identical. Anything unusual (merged weights, disabled adapters, a LoRA variant, extra arguments)
+    takes PEFT's mixed-batch path, as every other LoRA layer type does.
+    """
+    name = getattr(_local, "adapter", None) or BASE
+    if kwargs or self.merged or self.disable_adapters or name in self.lora_variant:
+        kwargs["adapter_names"] = [name] * x.shape[0]
+        return type(self).forward(self, x, *args, **kwargs)
+    result = self.base_layer(x, *args)
+    if name not in self.lora_A:  # the base model, or an adapter that does not adapt this layer
+        return result
+    lora_a = self.lora_A[name]
+    lora_out = self.lora_B[name](lora_a(self.lora_dropout[name](x.to(lora_a.weight.dtype)))) * self.scaling[name]
+    return result + lora_out.to(result.dtype)
 
 
 class StepGate:
@@ -232,12 +255,18 @@ class LoraRuntime:
             config.pop(name, None)
 
     def _hook_new_layers(self) -> None:
+        import types
+
+        from peft.tuners.lora import Linear as LoraLinear
         from peft.tuners.lora import LoraLayer
 
         for module in self.model.modules():
             if isinstance(module, LoraLayer) and not getattr(module, "_iw_hooked", False):
                 layer: Any = module  # a LoraLayer is also a torch Module
-                layer.register_forward_pre_hook(_select_adapter_hook, with_kwargs=True)
+                if type(layer) is LoraLinear:  # exactly PEFT's plain Linear: a direct, thread-local forward
+                    layer.forward = types.MethodType(_thread_adapter_forward, layer)  # type: ignore[method-assign]
+                else:  # other layer types: PEFT's mixed-batch path, fed the thread's adapter by a pre-hook
+                    layer.register_forward_pre_hook(_select_adapter_hook, with_kwargs=True)
                 layer._iw_hooked = True
 
     def lora_parameter_bytes(self, name: str) -> int:
