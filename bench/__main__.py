@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests-per-client", type=int, help="requests each client sends in turn (figure 4)")
     p.add_argument("--concurrency-trials", type=int, help="trials of figure 4")
     p.add_argument("--concurrency-tokens", type=int, help="tokens per request in figure 4")
-    p.add_argument("--max-concurrent", type=int, default=2,
-                   help="the worker's MAX_CONCURRENT_GENERATIONS (default 2, the worker's default)")
+    p.add_argument("--max-concurrent", type=int, default=None,
+                   help="the worker's MAX_CONCURRENT_GENERATIONS (default: the worker's own, 1 on CPU, 4 on CUDA)")
     p.add_argument("--cycles", type=int, help="adapter load/unload cycles (figure 6)")
     p.add_argument("--cold-trials", type=int, help="cold loads from S3 (figure 3)")
     p.add_argument("--cold-size", choices=SIZES, help="model size whose adapters the cold load uses (default: 2b; "
@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         "image": f"{options.image_side}×{options.image_side} PNG", "hot-swap trials": options.swap_trials,
         "clients": options.clients, "requests/client": options.requests_per_client,
         "concurrency trials": options.concurrency_trials, "concurrency tokens": options.concurrency_tokens,
-        "MAX_CONCURRENT_GENERATIONS": options.max_concurrent, "memory cycles": options.cycles,
+        "MAX_CONCURRENT_GENERATIONS": options.max_concurrent or "worker default (1 on CPU, 4 on CUDA)",
+        "memory cycles": options.cycles,
         "cold trials": options.cold_trials, "cold-load model": options.cold_size or str(options.model_dir),
         "figure 2 on 2b": "3 trials of 4 tokens" if options.lora_2b else "no",
         "LoRA": f"rank {options.rank} q,k,v,o", "device": options.device,

@@ -48,7 +48,7 @@ class Options:
     requests_per_client: int
     concurrency_trials: int
     concurrency_tokens: int
-    max_concurrent: int
+    max_concurrent: int | None  # None: the worker's default for the device
     cycles: int
     cold_trials: int
     cold_size: str | None
@@ -632,7 +632,8 @@ def figure4(run: Run, t: Target) -> list[Row]:
                         subject_text=fmt_pct(w_ttft), baseline_text=fmt_pct(ip_ttft),
                         result_text=f"p90 ×{p90:.2f}" if p90 is not None else "—",
                         data={"worker": w_ttft, "in_process": ip_ttft}))
-    rows[0].note += f"; MAX_CONCURRENT_GENERATIONS={o.max_concurrent}, {o.concurrency_tokens} tokens per request"
+    slots = o.max_concurrent if o.max_concurrent is not None else "the worker's default"
+    rows[0].note += f"; MAX_CONCURRENT_GENERATIONS={slots}, {o.concurrency_tokens} tokens per request"
     for name, unit, key in (("decode tokens/s", "tok/s", "decode_tps_token"),
                             ("time to first token", "ms", "ttft_token_s")):
         scale = 1000.0 if unit == "ms" else 1.0

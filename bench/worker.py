@@ -39,7 +39,7 @@ class WorkerConfig:
     dtype: str = "float32"
     store_dir: Path | None = None
     max_loaded_adapters: int = 8
-    max_concurrent_generations: int = 2
+    max_concurrent_generations: int | None = None
     s3: dict[str, str] = field(default_factory=dict)  # MINIO_* variables (endpoint, keys, bucket)
     cache_dir: Path | None = None  # ADAPTER_CACHE_DIR
 
@@ -68,8 +68,9 @@ class WorkerProcess:
             "--model-name", str(c.model_dir), "--host", "127.0.0.1", "--port", str(self.port),
             "--log-level", "warning", "--device", c.device, "--torch-dtype", c.dtype,
             "--max-loaded-adapters", str(c.max_loaded_adapters),
-            "--max-concurrent-generations", str(c.max_concurrent_generations),
         ]
+        if c.max_concurrent_generations is not None:  # None: the worker's own default for the device
+            args += ["--max-concurrent-generations", str(c.max_concurrent_generations)]
         if c.store_dir is not None:
             args += ["--adapter-store-dir", str(c.store_dir)]
         if c.cache_dir is not None:

@@ -104,11 +104,12 @@ class Settings(StoreSettings):
     max_prompt_tokens: int = Field(
         16384, ge=1, validation_alias=_env("MAX_PROMPT_TOKENS"), description="Longest prompt (image tokens included)."
     )
-    max_concurrent_generations: int = Field(
-        2,
+    max_concurrent_generations: int | None = Field(
+        None,
         ge=1,
         validation_alias=_env("MAX_CONCURRENT_GENERATIONS"),
-        description="Generations running at once (each in its own thread on the shared model).",
+        description="Generations running at once, each on its own thread over the shared model. Unset: 1 on CPU "
+        "and MPS (concurrent threads slow every later request there), 4 on CUDA.",
     )
     max_queue_size: int = Field(
         32, ge=0, validation_alias=_env("MAX_QUEUE_SIZE"), description="Requests waiting for a slot; beyond: busy."
@@ -180,7 +181,7 @@ class Settings(StoreSettings):
             return [p for p in value.replace(",", os.pathsep).split(os.pathsep) if p.strip()]
         return value
 
-    @field_validator("default_adapter", "auth_token", mode="before")
+    @field_validator("default_adapter", "auth_token", "max_concurrent_generations", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value

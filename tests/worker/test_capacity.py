@@ -160,3 +160,15 @@ def test_default_adapter_is_never_evicted(demo, adapter_root):
         with Client(w.url) as fresh:
             assert fresh.generate(**greedy(max_tokens=4)).terminal["adapter"] == "demo-a"
         assert w.service.metrics.adapter_loads.labels("loaded")._value.get() == loads
+
+
+def test_concurrency_defaults_to_one_on_cpu(demo, adapter_root):
+    """Unset MAX_CONCURRENT_GENERATIONS: one generation at a time on a CPU (4 on CUDA); an empty value is unset."""
+    from inference_worker.config import Settings
+    from inference_worker.service import concurrency_for
+
+    assert (concurrency_for("cpu"), concurrency_for("mps"), concurrency_for("cuda")) == (1, 1, 4)
+    assert Settings(max_concurrent_generations="").max_concurrent_generations is None
+    with EmbeddedWorker(worker_settings(demo, adapter_root)) as w, Client(w.url) as c:
+        status = c.request({"type": "status"}, "status")
+        assert status["max_running"] == (4 if status["device"] == "cuda" else 1)
