@@ -139,7 +139,11 @@ class LoraRuntime:
         self.gate = StepGate()
         self.gate.install(model)
         self.names: set[str] = set()
-        self._module_names = None  # filled lazily: the model's own (non-LoRA) module names
+        # Import PEFT now (the worker calls this at startup, off the event loop) rather than inside the first
+        # load_adapter: measured 0.34 s on the first adapter check of a 2B model, 3 ms afterwards.
+        import peft.functional  # noqa: F401
+        import peft.tuners.lora  # noqa: F401
+        import safetensors.torch  # noqa: F401
 
     # ---- validation against this model ----------------------------------------------------------------------
     def _base_modules(self) -> dict[str, Any]:
