@@ -270,7 +270,10 @@ class Session:
         finally:
             deadline.cancel()
             if entry is not None and service.registry is not None:
-                await service.registry.unpin(entry)
+                try:
+                    await service.registry.unpin(entry)
+                except Exception:  # an eviction that failed must not cost this request its terminal message
+                    log.exception("releasing adapter %s after %s failed", entry.ref, gen.session_id)
             service.admission.release()
             if gen.abort_error is not None:
                 terminal = p.error_message(gen.abort_error, session_id=gen.session_id)
