@@ -141,7 +141,7 @@ class LoraRuntime:
         self.names: set[str] = set()
         # Import PEFT now (the worker calls this at startup, off the event loop) rather than inside the first
         # load_adapter: measured 0.34 s on the first adapter check of a 2B model, 3 ms afterwards.
-        import peft.functional  # noqa: F401
+        import peft.functional
         import peft.tuners.lora  # noqa: F401
         import safetensors.torch  # noqa: F401
 

@@ -7,8 +7,10 @@ import io
 import json
 import shutil
 import struct
+import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,30 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def at_once(n: int, call: Callable[[], Any], timeout: float = 120) -> list[Any]:
+    """Run ``call`` on ``n`` threads released together by a barrier; return what each returned."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            results.append(call())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    if errors:
+        raise errors[0]
+    assert len(results) == n, "a thread did not finish in time"
+    return results
 
 
 def greedy(text: str = "Describe the process diagram.", max_tokens: int = 24, **extra: Any) -> dict[str, Any]:

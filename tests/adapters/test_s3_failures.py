@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import threading
 import time
 
 import pytest
@@ -13,7 +12,7 @@ from adapters.manifest import MANIFEST_FILE, Manifest
 from adapters.s3 import S3Store
 from inference_worker.errors import AdapterForbidden, AdapterInvalid, StoreUnavailable
 
-from ..helpers import copy_adapter, edit_config
+from ..helpers import at_once, copy_adapter, edit_config
 
 
 @pytest.fixture
@@ -87,18 +86,7 @@ def test_concurrent_fetches_share_one_download(s3, bucket, tmp_path, good_adapte
     """Eight threads fetching one adapter at once download it once."""
     store = make_store(s3, bucket, tmp_path)
     store.publish("shared", good_adapter)
-    results = []
-    barrier = threading.Barrier(8)
-
-    def fetch():
-        barrier.wait()
-        results.append(store.fetch("shared"))
-
-    threads = [threading.Thread(target=fetch) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = at_once(8, lambda: store.fetch("shared"))
     assert sorted(r.cached for r in results) == [False] + [True] * 7
     assert len({r.path for r in results}) == 1
 

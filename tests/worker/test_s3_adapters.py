@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from adapters.s3 import S3Store
 from inference_worker.embedded import EmbeddedWorker
 
 from ..conftest import worker_settings
-from ..helpers import Client, copy_adapter, edit_config, greedy
+from ..helpers import Client, at_once, copy_adapter, edit_config, greedy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,19 +128,13 @@ def test_two_clients_loading_the_same_adapter_download_once(s3_worker, demo, pub
     """Concurrent load_adapter of one adapter from S3: one download, every client gets adapter_loaded."""
     publisher.publish("shared", edit_config(copy_adapter(demo.store_dir / "demo-a", tmp_path / "s"), lora_alpha=11))
     before = metric(s3_worker, "inference_adapter_download_bytes_total")
-    barrier = threading.Barrier(3)
-    replies = []
-
-    def load():
-        with Client(s3_worker.url) as c:
-            barrier.wait()
-            replies.append(c.load("shared"))
-
-    threads = [threading.Thread(target=load) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    clients = [Client(s3_worker.url) for _ in range(3)]
+    idle = list(clients)
+    try:
+        replies = at_once(3, lambda: idle.pop().load("shared"))
+    finally:
+        for c in clients:
+            c.close()
     assert [r["type"] for r in replies] == ["adapter_loaded"] * 3
     size = publisher.manifest("shared").size
     assert metric(s3_worker, "inference_adapter_download_bytes_total") - before == size
