@@ -253,7 +253,10 @@ class LoraRuntime:
         from peft.functional import delete_adapter
         from peft.tuners.lora import LoraLayer
 
-        delete_adapter(self.model, adapter_name=name, prefix="lora_", layer_cls=LoraLayer)
+        with warnings.catch_warnings():
+            # PEFT re-points its (unused here) global active adapter and says so: expected.
+            warnings.filterwarnings("ignore", message=r"Adapter .* was active which is now deleted")
+            delete_adapter(self.model, adapter_name=name, prefix="lora_", layer_cls=LoraLayer)
         config = getattr(self.model, "peft_config", None)
         if isinstance(config, dict):
             config.pop(name, None)
