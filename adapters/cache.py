@@ -21,14 +21,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
 
 from inference_worker.errors import AdapterForbidden, AdapterInvalid
 
 from .manifest import MANIFEST_FILE, Manifest
 from .refs import safe_join
-from .store import Progress
+from .store import FetchedAdapter, Progress, Transfer
 from .validate import OPTIONAL_FILES, REQUIRED_FILES
 
 log = logging.getLogger(__name__)
@@ -38,16 +37,6 @@ _USED = ".last_used"
 
 # open_stream(file_name) → a context manager yielding the file's bytes in chunks
 Opener = Callable[[str], AbstractContextManager[Iterator[bytes]]]
-
-
-@dataclass(frozen=True)
-class CacheResult:
-    path: Path
-    cached: bool
-    downloaded_bytes: int
-    download_s: float
-    verify_s: float
-    release: Callable[[], None]
 
 
 class VerifiedCache:
@@ -94,7 +83,7 @@ class VerifiedCache:
             (path / _USED).touch()
         return path
 
-    def fetch(self, manifest: Manifest, open_stream: Opener, progress: Progress | None = None) -> CacheResult:
+    def fetch(self, manifest: Manifest, open_stream: Opener, progress: Progress | None = None) -> FetchedAdapter:
         """The verified local copy of ``manifest``'s adapter, downloading it with ``open_stream`` if needed."""
         self._check_names(manifest)
         digest = manifest.digest
@@ -103,7 +92,7 @@ class VerifiedCache:
             try:
                 path = self.lookup(manifest)
                 if path is not None:
-                    return CacheResult(path, True, 0, 0.0, 0.0, release)
+                    return FetchedAdapter(path, manifest, release=release)
                 result = self._download(manifest, open_stream, progress, release)
             except BaseException:
                 release()
@@ -123,7 +112,7 @@ class VerifiedCache:
             raise AdapterInvalid(f"manifest lacks {', '.join(missing)}")
 
     def _download(self, manifest: Manifest, open_stream: Opener, progress: Progress | None,
-                  release: Callable[[], None]) -> CacheResult:
+                  release: Callable[[], None]) -> FetchedAdapter:
         total = manifest.size
         done = 0
         started = time.perf_counter()
@@ -169,7 +158,8 @@ class VerifiedCache:
                     raise
                 shutil.rmtree(staging, ignore_errors=True)  # another process finished the same download first
             verified = time.perf_counter()
-            return CacheResult(final, False, done, downloaded - started, verified - downloaded, release)
+            transfer = Transfer(bytes=done, download_s=downloaded - started, verify_s=verified - downloaded)
+            return FetchedAdapter(final, manifest, transfer, release)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)

@@ -71,7 +71,7 @@ class LocalDirectoryStore(AdapterStore):
             path = directory / file
             if not path.is_file() or path.stat().st_size != entry.size:
                 raise AdapterInvalid(f"{name}/{file} does not match its manifest (missing or resized)")
-        return FetchedAdapter(path=directory, manifest=manifest, cached=True)
+        return FetchedAdapter(path=directory, manifest=manifest)
 
     def publish(self, name: str, source: Path, *, replace: bool = False, progress: Progress | None = None) -> Manifest:
         check_name(name)

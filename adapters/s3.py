@@ -162,15 +162,12 @@ class S3Store(AdapterStore):
         for attempt in (1, 2):
             manifest = self.manifest(name)
             try:
-                result = self.cache.fetch(manifest, lambda f: self._stream(name, f), progress)
+                return self.cache.fetch(manifest, lambda f: self._stream(name, f), progress)
             except AdapterInvalid:
                 # A publish may have replaced the files after we read the manifest: try the new version once.
                 if attempt == 1 and self.manifest(name).digest != manifest.digest:
                     continue
                 raise
-            return FetchedAdapter(path=result.path, manifest=manifest, cached=result.cached,
-                                  downloaded_bytes=result.downloaded_bytes, download_s=result.download_s,
-                                  verify_s=result.verify_s, release=result.release)
         raise AssertionError("unreachable")
 
     def verify(self, name: str, progress: Progress | None = None) -> Manifest:

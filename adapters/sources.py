@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .manifest import Manifest
 from .refs import AdapterRef, LocalRef, S3Ref, StoreRef, parse_ref
-from .store import AdapterStore, Progress
+from .store import AdapterStore, Progress, Transfer, nothing
 from .validate import REQUIRED_FILES, AdapterFacts, inspect_adapter
 
 
@@ -34,11 +34,12 @@ class Materialized:
     identity: Identity  # what was fetched (a newer version if it was re-published meanwhile)
     path: Path
     facts: AdapterFacts
-    cached: bool  # no bytes were transferred
-    downloaded_bytes: int = 0
-    download_s: float = 0.0
-    verify_s: float = 0.0
-    release: Callable[[], None] = field(default=lambda: None, repr=False)
+    transfer: Transfer | None = None  # None: no bytes were transferred
+    release: Callable[[], None] = field(default=nothing, repr=False)
+
+    @property
+    def cached(self) -> bool:
+        return self.transfer is None
 
 
 class AdapterSources:
@@ -78,7 +79,7 @@ class AdapterSources:
         """Make the adapter's files available locally and validate them. Call ``release`` when done with them."""
         ref = identity.ref
         if isinstance(ref, LocalRef):
-            return Materialized(identity, ref.path, inspect_adapter(ref.path), cached=True)
+            return Materialized(identity, ref.path, inspect_adapter(ref.path))
         store, name = self._store_for(ref)
         fetched = store.fetch(name, progress)
         try:
@@ -89,9 +90,7 @@ class AdapterSources:
         except BaseException:
             fetched.release()
             raise
-        return Materialized(identity, fetched.path, facts, cached=fetched.cached,
-                            downloaded_bytes=fetched.downloaded_bytes, download_s=fetched.download_s,
-                            verify_s=fetched.verify_s, release=fetched.release)
+        return Materialized(identity, fetched.path, facts, fetched.transfer, fetched.release)
 
     def _local_digest(self, path: Path) -> str:
         """Digest of a local adapter directory, re-hashed only when a file's size, mtime or inode changes."""

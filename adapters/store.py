@@ -17,8 +17,17 @@ from .manifest import Manifest
 Progress = Callable[[str, int, int | None], None]
 
 
-def _nothing() -> None:
+def nothing() -> None:
     return None
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """What a fetch downloaded, and how long downloading and verifying took."""
+
+    bytes: int
+    download_s: float
+    verify_s: float
 
 
 @dataclass(frozen=True)
@@ -30,11 +39,12 @@ class FetchedAdapter:
 
     path: Path
     manifest: Manifest
-    cached: bool  # True when no bytes had to be transferred
-    downloaded_bytes: int = 0
-    download_s: float = 0.0
-    verify_s: float = 0.0
-    release: Callable[[], None] = field(default=_nothing, repr=False)
+    transfer: Transfer | None = None  # None: no bytes had to be transferred
+    release: Callable[[], None] = field(default=nothing, repr=False)
+
+    @property
+    def cached(self) -> bool:
+        return self.transfer is None
 
 
 class AdapterStore(ABC):

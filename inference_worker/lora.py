@@ -352,11 +352,12 @@ class AdapterRegistry:
         return now
 
     def _record_transfer(self, material: Materialized) -> None:
-        if self.metrics is None or material.cached:
+        transfer = material.transfer
+        if self.metrics is None or transfer is None:
             return
-        self.metrics.adapter_download_bytes.inc(material.downloaded_bytes)
-        self.metrics.adapter_load_seconds.labels("download").observe(material.download_s)
-        self.metrics.adapter_load_seconds.labels("verify").observe(material.verify_s)
+        self.metrics.adapter_download_bytes.inc(transfer.bytes)
+        self.metrics.adapter_load_seconds.labels("download").observe(transfer.download_s)
+        self.metrics.adapter_load_seconds.labels("verify").observe(transfer.verify_s)
 
     def _outcome(self, outcome: str) -> None:
         if self.metrics is not None:
@@ -436,7 +437,7 @@ class AdapterRegistry:
         )
         self.loaded[identity.key] = entry
         log.info("adapter %s loaded as %s (digest %s, %.0f ms%s)", ref, peft_name, identity.digest[:12],
-                 entry.load_ms, f", {material.downloaded_bytes} bytes downloaded" if material.downloaded_bytes else "")
+                 entry.load_ms, f", {material.transfer.bytes} bytes downloaded" if material.transfer else "")
         await self._evict_over_capacity(protect=entry)
         return LoadOutcome(entry, cached=material.cached)
 
