@@ -1,4 +1,4 @@
-# The Streamlit playground: no torch, only the protocol models it shares with the worker.
+# The Streamlit playground: no torch, only the protocol models and image sniffing it shares with the worker.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -10,7 +10,7 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin playground
 WORKDIR /app
 COPY requirements/base.txt requirements/playground.txt requirements/
 RUN pip install -r requirements/playground.txt
-COPY inference_worker/__init__.py inference_worker/errors.py inference_worker/protocol.py inference_worker/
+COPY inference_worker/__init__.py inference_worker/errors.py inference_worker/images.py inference_worker/protocol.py inference_worker/
 COPY playground/ playground/
 
 USER playground

@@ -22,6 +22,7 @@ from .errors import ErrorCode, InputError
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*),", re.ASCII)
 _MIME_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP")
+MIME_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 MAX_ASPECT_RATIO = 200  # the Qwen vision preprocessing refuses more
 
 
@@ -57,6 +58,12 @@ def sniff_format(data: bytes) -> str | None:
     if data[4:12] in (b"ftypavif", b"ftypheic", b"ftypmif1"):
         return "HEIF/AVIF"
     return None
+
+
+def mime_type(data: bytes) -> str | None:
+    """``image/png``, ``image/jpeg`` or ``image/webp`` from the magic bytes; None for any other format."""
+    fmt = sniff_format(data)
+    return MIME_TYPES.get(fmt) if fmt is not None else None
 
 
 def _too_large(message: str) -> InputError:

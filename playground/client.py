@@ -46,6 +46,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.protocol import State
 
 from inference_worker.errors import ProtocolError
+from inference_worker.images import mime_type
 from inference_worker.protocol import (
     AdapterItem,
     AdapterLoaded,
@@ -65,7 +66,6 @@ from inference_worker.protocol import (
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "ws://localhost:8765"
-IMAGE_MIME = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
 
 # Local validation checks the shape and types of a request; the worker's configurable limits are its to enforce.
 _NO_LIMITS = Limits(max_new_tokens=2**62, max_stop_strings=2**31, max_stop_length=2**31,
@@ -129,20 +129,10 @@ class BadFrame(PlaygroundError):
 # Request builders (pure)
 
 
-def sniff_image_mime(data: bytes) -> str | None:
-    """``image/png``, ``image/jpeg`` or ``image/webp`` from the magic bytes; ``None`` for anything else."""
-    for magic, mime in IMAGE_MIME.items():
-        if data.startswith(magic):
-            return mime
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
-
-
 def image_part(data: bytes) -> dict[str, str]:
     """An image content part: a data URL for PNG/JPEG/WebP; bare base64 otherwise (the worker then says why not)."""
     encoded = base64.b64encode(data).decode("ascii")
-    mime = sniff_image_mime(data)
+    mime = mime_type(data)
     return {"type": "image", "image": f"data:{mime};base64,{encoded}" if mime else encoded}
 
 

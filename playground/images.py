@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .client import sniff_image_mime
+from inference_worker.images import mime_type
 
 THUMBNAIL_SIDE = 160
 _MAX_THUMBNAIL_SOURCE_PIXELS = 40_000_000  # beyond this, decoding for a thumbnail is not worth it
@@ -52,7 +52,7 @@ def load_image(name: str, data: bytes) -> ImageInput:
             width, height = img.size
     except Exception:  # not an image Pillow knows, truncated, a decompression bomb: the worker decides
         pass
-    return ImageInput(name=name, data=data, mime=sniff_image_mime(data), width=width, height=height)
+    return ImageInput(name=name, data=data, mime=mime_type(data), width=width, height=height)
 
 
 def thumbnail_data_url(data: bytes, side: int = THUMBNAIL_SIDE) -> str | None:

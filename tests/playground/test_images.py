@@ -8,7 +8,8 @@ import io
 import pytest
 from PIL import Image
 
-from playground.client import image_part, sniff_image_mime, user_message
+from inference_worker.images import mime_type
+from playground.client import image_part, user_message
 from playground.images import data_url_bytes, human_bytes, load_image, sample_diagram, thumbnail_data_url
 
 
@@ -20,9 +21,9 @@ def encoded(fmt: str, size: tuple[int, int] = (64, 48)) -> bytes:
 
 @pytest.mark.parametrize(("fmt", "mime"), [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp"),
                                            ("GIF", None), ("BMP", None)])
-def test_sniff_image_mime(fmt, mime):
+def test_mime_type(fmt, mime):
     """PNG, JPEG and WebP are recognised by their magic bytes; other formats are not."""
-    assert sniff_image_mime(encoded(fmt)) == mime
+    assert mime_type(encoded(fmt)) == mime
 
 
 def test_load_image_reads_the_header():

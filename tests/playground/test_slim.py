@@ -53,4 +53,5 @@ def test_playground_and_its_app_never_import_torch():
     assert report["heavy"] == []
     assert report["exceptions"] == []
     assert report["errors"] and report["errors"][0].startswith("The worker is down or unreachable")  # the app ran
-    assert report["worker_modules"] == ["inference_worker", "inference_worker.errors", "inference_worker.protocol"]
+    assert report["worker_modules"] == ["inference_worker", "inference_worker.errors", "inference_worker.images",
+                                        "inference_worker.protocol"]  # exactly what its Dockerfile copies
