@@ -184,10 +184,6 @@ def _special_ids(tokenizer: Any) -> dict[str, int]:
     return ids
 
 
-def _round_up(n: int, multiple: int = 64) -> int:
-    return (n + multiple - 1) // multiple * multiple
-
-
 def _finish_generation_config(model: Any, ids: dict[str, int]) -> None:
     from transformers import GenerationConfig
 

@@ -372,6 +372,9 @@ class Session:
             last_token = [0.0]
             metrics = service.metrics
 
+            def pieces_from_thread(text: str) -> None:
+                loop.call_soon_threadsafe(pieces.put_nowait, text)
+
             def on_token(now: float) -> None:
                 if last_token[0]:
                     metrics.inter_token.observe(now - last_token[0])
@@ -382,7 +385,7 @@ class Session:
             job = Job(
                 turns=turns, max_new_tokens=max_tokens, sampling=sampling, stop=list(message.stop or []),
                 adapter=entry.peft_name if entry else None, cancel=gen.cancel,
-                on_text=lambda text: void(loop.call_soon_threadsafe(pieces.put_nowait, text)), on_token=on_token,
+                on_text=pieces_from_thread, on_token=on_token,
             )
 
             def work() -> Result:
@@ -419,10 +422,6 @@ class Session:
             adapter=entry.ref if entry else None,
             seed=sampling.seed if sampling.temperature > 0 else None,
         )
-
-
-def void(_: object) -> None:
-    """Discard a value (a callback's result that the caller does not want)."""
 
 
 def _peer(ws: ServerConnection) -> str:
