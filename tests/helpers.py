@@ -129,6 +129,17 @@ def at_once(n: int, call: Callable[[], Any], timeout: float = 120) -> list[Any]:
     return results
 
 
+def load_at_once(url: str, n: int, adapter_path: str) -> list[dict[str, Any]]:
+    """``n`` connections send load_adapter for the same adapter at the same moment; their replies."""
+    clients = [Client(url) for _ in range(n)]
+    idle = list(clients)
+    try:
+        return at_once(n, lambda: idle.pop().load(adapter_path))
+    finally:
+        for c in clients:
+            c.close()
+
+
 def greedy(text: str = "Describe the process diagram.", max_tokens: int = 24, **extra: Any) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": text}], "max_tokens": max_tokens, "temperature": 0, **extra}
 

@@ -7,7 +7,7 @@ import time
 from inference_worker.embedded import EmbeddedWorker
 
 from ..conftest import worker_settings
-from ..helpers import Client, at_once, greedy
+from ..helpers import Client, greedy, load_at_once
 
 
 def wait_for(predicate, timeout=10.0):
@@ -116,13 +116,7 @@ def test_broken_default_adapter_falls_back_to_base(demo, adapter_root, caplog):
 def test_two_clients_loading_the_same_adapter_share_one_load(demo, adapter_root):
     """Concurrent load_adapter of one adapter injects it once."""
     with EmbeddedWorker(worker_settings(demo, adapter_root)) as w:
-        clients = [Client(w.url) for _ in range(4)]
-        idle = list(clients)
-        try:
-            replies = at_once(4, lambda: idle.pop().load("demo-b"))
-        finally:
-            for c in clients:
-                c.close()
+        replies = load_at_once(w.url, 4, "demo-b")
         assert [r["type"] for r in replies] == ["adapter_loaded"] * 4
         assert len(w.service.registry.loaded) == 1
         assert w.service.metrics.adapter_loads.labels("cached")._value.get() >= 1

@@ -18,7 +18,7 @@ from adapters.s3 import S3Store
 from inference_worker.embedded import EmbeddedWorker
 
 from ..conftest import worker_settings
-from ..helpers import Client, at_once, copy_adapter, edit_config, greedy
+from ..helpers import Client, copy_adapter, edit_config, greedy, load_at_once
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,13 +128,7 @@ def test_two_clients_loading_the_same_adapter_download_once(s3_worker, demo, pub
     """Concurrent load_adapter of one adapter from S3: one download, every client gets adapter_loaded."""
     publisher.publish("shared", edit_config(copy_adapter(demo.store_dir / "demo-a", tmp_path / "s"), lora_alpha=11))
     before = metric(s3_worker, "inference_adapter_download_bytes_total")
-    clients = [Client(s3_worker.url) for _ in range(3)]
-    idle = list(clients)
-    try:
-        replies = at_once(3, lambda: idle.pop().load("shared"))
-    finally:
-        for c in clients:
-            c.close()
+    replies = load_at_once(s3_worker.url, 3, "shared")
     assert [r["type"] for r in replies] == ["adapter_loaded"] * 3
     size = publisher.manifest("shared").size
     assert metric(s3_worker, "inference_adapter_download_bytes_total") - before == size
