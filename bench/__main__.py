@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests-per-client", type=int, help="requests each client sends in turn (figure 4)")
     p.add_argument("--concurrency-trials", type=int, help="trials of figure 4")
     p.add_argument("--concurrency-tokens", type=int, help="tokens per request in figure 4")
-    p.add_argument("--max-concurrent", type=int, default=None,
-                   help="the worker's MAX_CONCURRENT_GENERATIONS (default: the worker's own, 1 on CPU, 4 on CUDA)")
+    p.add_argument("--max-batch-rows", type=int, default=None,
+                   help="the worker's MAX_BATCH_ROWS (default: the worker's own, 8 on CPU, 32 on CUDA)")
     p.add_argument("--cycles", type=int, help="adapter load/unload cycles (figure 6)")
     p.add_argument("--cold-trials", type=int, help="cold loads from S3 (figure 3)")
     p.add_argument("--cold-size", choices=SIZES, help="model size whose adapters the cold load uses (default: 2b; "
@@ -122,7 +122,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         trials=pick("trials"), tokens=pick("tokens"), image_side=pick("image_side"), swap_trials=pick("swap_trials"),
         clients=pick("clients"), requests_per_client=pick("requests_per_client"),
         concurrency_trials=pick("concurrency_trials"), concurrency_tokens=pick("concurrency_tokens"),
-        max_concurrent=args.max_concurrent, cycles=pick("cycles"), cold_trials=pick("cold_trials"),
+        max_batch_rows=args.max_batch_rows, cycles=pick("cycles"), cold_trials=pick("cold_trials"),
         cold_size=cold_size, warmup=pick("warmup"),
         lora_2b=bool(args.lora_2b if args.lora_2b is not None else preset["lora_2b"] and not args.model
                      and not args.size and 2 in args.figures),
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "image": f"{options.image_side}×{options.image_side} PNG", "hot-swap trials": options.swap_trials,
         "clients": options.clients, "requests/client": options.requests_per_client,
         "concurrency trials": options.concurrency_trials, "concurrency tokens": options.concurrency_tokens,
-        "MAX_CONCURRENT_GENERATIONS": options.max_concurrent or "worker default (1 on CPU, 4 on CUDA)",
+        "MAX_BATCH_ROWS": options.max_batch_rows or "worker default (8 on CPU, 32 on CUDA)",
         "memory cycles": options.cycles,
         "cold trials": options.cold_trials, "cold-load model": options.cold_size or str(options.model_dir),
         "figure 2 on 2b": "3 trials of 4 tokens" if options.lora_2b else "no",

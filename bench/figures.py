@@ -48,7 +48,7 @@ class Options:
     requests_per_client: int
     concurrency_trials: int
     concurrency_tokens: int
-    max_concurrent: int | None  # None: the worker's default for the device
+    max_batch_rows: int | None  # None: the worker's default for the device
     cycles: int
     cold_trials: int
     cold_size: str | None
@@ -152,7 +152,7 @@ class Target:
             say(f"{self.label}: starting the worker")
             o = self.run.options
             config = WorkerConfig(self.model_dir, device=o.device, dtype=self.dtype, store_dir=self.store_dir(),
-                                  max_loaded_adapters=8, max_concurrent_generations=o.max_concurrent)
+                                  max_loaded_adapters=8, max_batch_rows=o.max_batch_rows)
             self._worker = WorkerProcess(config, self.run.logs / f"worker-{self.model_dir.name}.log").start()
         return self._worker
 
@@ -632,8 +632,8 @@ def figure4(run: Run, t: Target) -> list[Row]:
                         subject_text=fmt_pct(w_ttft), baseline_text=fmt_pct(ip_ttft),
                         result_text=f"p90 ×{p90:.2f}" if p90 is not None else "—",
                         data={"worker": w_ttft, "in_process": ip_ttft}))
-    slots = o.max_concurrent if o.max_concurrent is not None else "the worker's default"
-    rows[0].note += f"; MAX_CONCURRENT_GENERATIONS={slots}, {o.concurrency_tokens} tokens per request"
+    slots = o.max_batch_rows if o.max_batch_rows is not None else "the worker's default"
+    rows[0].note += f"; MAX_BATCH_ROWS={slots}, {o.concurrency_tokens} tokens per request"
     for name, unit, key in (("decode tokens/s", "tok/s", "decode_tps_token"),
                             ("time to first token", "ms", "ttft_token_s")):
         scale = 1000.0 if unit == "ms" else 1.0
@@ -729,7 +729,7 @@ def figure6(run: Run, t: Target) -> list[Row]:
     paths = t.adapters()
     say(f"figure 6, {t.label}: starting a worker with MAX_LOADED_ADAPTERS=1")
     config = WorkerConfig(t.model_dir, device=o.device, dtype=t.dtype, store_dir=t.store_dir(),
-                          max_loaded_adapters=1, max_concurrent_generations=o.max_concurrent)
+                          max_loaded_adapters=1, max_batch_rows=o.max_batch_rows)
     worker = WorkerProcess(config, run.logs / f"worker-memory-{t.model_dir.name}.log").start()
     me = psutil.Process()
     cuda = o.device == "cuda"

@@ -39,7 +39,7 @@ class WorkerConfig:
     dtype: str = "float32"
     store_dir: Path | None = None
     max_loaded_adapters: int = 8
-    max_concurrent_generations: int | None = None
+    max_batch_rows: int | None = None
     s3: dict[str, str] = field(default_factory=dict)  # MINIO_* variables (endpoint, keys, bucket)
     cache_dir: Path | None = None  # ADAPTER_CACHE_DIR
 
@@ -69,8 +69,8 @@ class WorkerProcess:
             "--log-level", "warning", "--device", c.device, "--torch-dtype", c.dtype,
             "--max-loaded-adapters", str(c.max_loaded_adapters),
         ]
-        if c.max_concurrent_generations is not None:  # None: the worker's own default for the device
-            args += ["--max-concurrent-generations", str(c.max_concurrent_generations)]
+        if c.max_batch_rows is not None:  # None: the worker's own default for the device
+            args += ["--max-batch-rows", str(c.max_batch_rows)]
         if c.store_dir is not None:
             args += ["--adapter-store-dir", str(c.store_dir)]
         if c.cache_dir is not None:

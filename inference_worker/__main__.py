@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from typing import Any, get_args
 
@@ -64,10 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if settings.log_level != "debug":
         # websockets logs every connection and HTTP probe at INFO: keep those for debugging.
         logging.getLogger("websockets").setLevel(logging.WARNING)
-    if settings.hf_home:
-        from .engine import configure_hf_home
-
-        configure_hf_home(settings.hf_home)
+    if settings.hf_home:  # before transformers is imported
+        os.environ["HF_HOME"] = str(settings.hf_home)
     from .server import run
 
     return asyncio.run(run(settings))

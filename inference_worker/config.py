@@ -16,7 +16,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from adapters.config import StoreSettings
 
 from .images import ImageLimits
-from .protocol import Limits
+from .validation import RequestLimits
 
 MiB = 1024 * 1024
 
@@ -104,15 +104,43 @@ class Settings(StoreSettings):
     max_prompt_tokens: int = Field(
         16384, ge=1, validation_alias=_env("MAX_PROMPT_TOKENS"), description="Longest prompt (image tokens included)."
     )
-    max_concurrent_generations: int | None = Field(
+    engine: Literal["transformers"] = Field(
+        "transformers",
+        validation_alias=_env("INFERENCE_ENGINE"),
+        description="The engine behind the protocol: transformers (in-process, continuous batching).",
+    )
+    max_batch_rows: int | None = Field(
         None,
         ge=1,
-        validation_alias=_env("MAX_CONCURRENT_GENERATIONS"),
-        description="Generations running at once, each on its own thread over the shared model. Unset: 1 on CPU "
-        "and MPS (concurrent threads slow every later request there), 4 on CUDA.",
+        validation_alias=_env("MAX_BATCH_ROWS"),
+        description="Requests decoded together in one batch (one row each). Unset: 8 on CPU and MPS, 32 on CUDA.",
+    )
+    kv_cache_max_bytes: int | None = Field(
+        None,
+        ge=1024 * 1024,
+        validation_alias=_env("KV_CACHE_MAX_BYTES"),
+        description="Bound of the running batch's KV cache: rows × the longest row's prompt + max_tokens × the "
+        "model's KV bytes per token; admission waits beyond it. Unset: 2 GiB on CPU and MPS; on CUDA half the "
+        "GPU memory free once the model is loaded.",
+    )
+    vision_cache_max_bytes: int = Field(
+        256 * MiB,
+        ge=0,
+        validation_alias=_env("VISION_CACHE_MAX_BYTES"),
+        description="Vision encodings kept for reuse (an A/B pair encodes its image once); 0 turns it off.",
+    )
+    temperature_max: float = Field(
+        5.0, gt=0, validation_alias=_env("TEMPERATURE_MAX"), description="Largest temperature a request may ask for."
+    )
+    repetition_penalty_max: float = Field(
+        10.0,
+        ge=1.0,
+        validation_alias=_env("REPETITION_PENALTY_MAX"),
+        description="Largest repetition_penalty a request may ask for.",
     )
     max_queue_size: int = Field(
-        32, ge=0, validation_alias=_env("MAX_QUEUE_SIZE"), description="Requests waiting for a slot; beyond: busy."
+        32, ge=0, validation_alias=_env("MAX_QUEUE_SIZE"),
+        description="Requests waiting for a batch row beyond MAX_BATCH_ROWS; beyond that they get busy at once."
     )
     max_sessions_per_connection: int = Field(
         8, ge=1, validation_alias=_env("MAX_SESSIONS_PER_CONNECTION"), description="Unfinished generates per socket."
@@ -181,7 +209,7 @@ class Settings(StoreSettings):
             return [p for p in value.replace(",", os.pathsep).split(os.pathsep) if p.strip()]
         return value
 
-    @field_validator("default_adapter", "auth_token", "max_concurrent_generations", mode="before")
+    @field_validator("default_adapter", "auth_token", "max_batch_rows", "kv_cache_max_bytes", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -202,14 +230,24 @@ class Settings(StoreSettings):
             return self.demo_dir / "adapters"
         return self.local_store_dir()
 
-    def limits(self) -> Limits:
-        return Limits(
+    def request_limits(self) -> RequestLimits:
+        return RequestLimits(
             max_new_tokens=self.max_new_tokens,
+            default_max_tokens=self.default_max_tokens,
+            max_prompt_tokens=self.max_prompt_tokens,
             max_stop_strings=self.max_stop_strings,
             max_stop_length=self.max_stop_length,
             max_images_per_request=self.max_images_per_request,
             max_messages=self.max_chat_messages,
+            temperature_max=self.temperature_max,
+            repetition_penalty_max=self.repetition_penalty_max,
         )
+
+    def batch_rows_for(self, device: str) -> int:
+        """MAX_BATCH_ROWS, or its default for the device the model runs on."""
+        if self.max_batch_rows is not None:
+            return self.max_batch_rows
+        return 32 if device == "cuda" else 8
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_bytes=self.image_max_bytes, max_source_pixels=self.image_max_source_pixels)

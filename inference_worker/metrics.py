@@ -30,8 +30,19 @@ class Metrics:
         )
         self.tokens = Counter("inference_generated_tokens", "Tokens generated.", registry=r)
         self.prompt_tokens = Counter("inference_prompt_tokens", "Prompt tokens processed.", registry=r)
-        self.queue_depth = Gauge("inference_queue_depth", "Generate requests waiting for a slot.", registry=r)
-        self.running = Gauge("inference_running_generations", "Generations running now.", registry=r)
+        self.queue_depth = Gauge("inference_queue_depth", "Generate requests admitted, not yet in the running batch.",
+                                 registry=r)
+        self.running = Gauge("inference_running_generations", "Rows of the running batch.", registry=r)
+        self.batch_rows = Histogram(
+            "inference_batch_rows", "Rows decoded together in one decode step.",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64), registry=r,
+        )
+        self.step_seconds = Histogram(
+            "inference_step_seconds", "Duration of one forward pass: a request's prefill, or a decode step.",
+            ["kind"], buckets=(*_TOKEN_BUCKETS, 5, 10, 30), registry=r,
+        )
+        self.kv_cache_bytes = Gauge("inference_kv_cache_bytes", "KV cache memory of the running batch.", registry=r)
+        self.kv_cache_max_bytes = Gauge("inference_kv_cache_max_bytes", "KV_CACHE_MAX_BYTES.", registry=r)
         self.connections = Gauge("inference_connections", "Open WebSocket connections.", registry=r)
         self.adapter_loads = Counter(
             "inference_adapter_loads", "Adapter loads by outcome (loaded, cached, or an error code).",

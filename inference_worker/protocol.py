@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -72,11 +71,12 @@ class Generate(_ClientModel):
     session_id: SessionId | None = None
     system_prompt: str | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0.0, le=5.0)] | None = None
+    # Upper bounds of temperature and repetition_penalty are settings (validation.py), reported by status.
+    temperature: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] | None = None
     seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
-    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
     stop: list[Annotated[str, Field(min_length=1)]] | None = None
     # Absent: the connection's active adapter. null: the base model. A string: that adapter, for this request only.
     adapter: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
@@ -117,21 +117,11 @@ CLIENT_TYPES = ("ping", "load_adapter", "generate", "cancel", "status", "list_ad
 _client_adapter: TypeAdapter[Any] = TypeAdapter(ClientMessage)
 
 
-@dataclass(frozen=True)
-class Limits:
-    """The request limits the parser enforces (filled from the settings)."""
-
-    max_new_tokens: int = 2048
-    max_stop_strings: int = 8
-    max_stop_length: int = 64
-    max_images_per_request: int = 4
-    max_messages: int = 256
-
-
-def parse_client_message(frame: str | bytes, limits: Limits = Limits()) -> Any:
+def parse_client_message(frame: str | bytes) -> Any:
     """Parse one frame into a client message model, or raise :class:`ProtocolError` with a precise code.
 
-    ``max_tokens`` above ``limits.max_new_tokens`` is not an error: it is capped (see :func:`effective_max_tokens`).
+    This checks the message's shape and types only; a ``generate`` is checked against the worker's limits and the
+    model's capabilities by ``validation.py`` (``max_tokens`` above the cap is not an error: it is capped).
     """
     if isinstance(frame, bytes):
         raise ProtocolError(
@@ -152,10 +142,8 @@ def parse_client_message(frame: str | bytes, limits: Limits = Limits()) -> Any:
         )
     try:
         message = _client_adapter.validate_python(data)
-        if isinstance(message, Generate):
-            _check_generate_limits(message, limits)
-    except (ValidationError, ProtocolError) as exc:
-        error = exc if isinstance(exc, ProtocolError) else ProtocolError(f"invalid {kind} message: {_describe(exc)}")
+    except ValidationError as exc:
+        error = ProtocolError(f"invalid {kind} message: {_describe(exc)}")
         # A refused generate is still answered under its session_id when it has a usable one, so a client that
         # routes replies by session sees the end of that request.
         error.message_type = kind
@@ -173,26 +161,6 @@ def _describe(exc: ValidationError, most: int = 3) -> str:
         parts.append(f"{where or 'message'}: {err['msg']}")
     more = exc.error_count() - most
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
-
-
-def _check_generate_limits(message: Generate, limits: Limits) -> None:
-    if len(message.messages) > limits.max_messages:
-        raise ProtocolError(f"too many messages: {len(message.messages)} > {limits.max_messages}")
-    if message.stop is not None:
-        if len(message.stop) > limits.max_stop_strings:
-            raise ProtocolError(f"too many stop strings: {len(message.stop)} > {limits.max_stop_strings}")
-        if any(len(s) > limits.max_stop_length for s in message.stop):
-            raise ProtocolError(f"a stop string is longer than {limits.max_stop_length} characters")
-    images = len(message.images())
-    if images > limits.max_images_per_request:
-        raise ProtocolError(
-            f"too many images: {images} > {limits.max_images_per_request}", code=ErrorCode.IMAGE_TOO_LARGE
-        )
-
-
-def effective_max_tokens(message: Generate, default: int, cap: int) -> int:
-    """The number of new tokens a request may produce: its own ``max_tokens`` (or the default), at most the cap."""
-    return min(message.max_tokens if message.max_tokens is not None else default, cap)
 
 
 def new_session_id() -> str:
@@ -301,6 +269,11 @@ class Status(_ServerModel):
     max_queue: int
     connections: int
     limits: dict[str, Any]
+    # Extensions: the engine, and the KV memory of its running batch (KV_CACHE_MAX_BYTES bounds it).
+    engine: str | None = None
+    kv_cache_bytes: int | None = None
+    kv_cache_max_bytes: int | None = None
+    engine_details: dict[str, Any] | None = None
 
 
 class AdapterItem(_ServerModel):

@@ -106,7 +106,7 @@ class WorkerServer:
         if not self._authorized(request):
             return _json(HTTPStatus.UNAUTHORIZED, {"error": "unauthorized", "message": "missing or wrong token"})
         if path == "/metrics":
-            return _response(HTTPStatus.OK, service.metrics.render(), CONTENT_TYPE)
+            return _response(HTTPStatus.OK, service.render_metrics(), CONTENT_TYPE)
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return _json(HTTPStatus.NOT_FOUND, {"error": "not_found", "paths": ["/health", "/ready", "/metrics"],
                                                 "websocket": "any other path"})
@@ -145,7 +145,7 @@ class WorkerServer:
             await asyncio.wait(closing, timeout=5)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.server.wait_closed(), timeout=10)
-        self.service.close()
+        await self.service.close()
         log.info("stopped")
 
 

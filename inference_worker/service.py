@@ -1,14 +1,12 @@
-"""The worker's shared state: settings, engine, adapters, admission, lifecycle. One per server."""
+"""The worker's shared state: settings, engine, validator, adapters, admission, lifecycle. One per server."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from adapters.factory import open_stores
@@ -17,102 +15,64 @@ from adapters.store import AdapterStore
 
 from . import protocol as p
 from .config import Settings
+from .engines.base import StepStats
 from .errors import CapacityError, ErrorCode, ServiceError
 from .metrics import Metrics
 
 if TYPE_CHECKING:
-    from .engine import Engine
-    from .lora import AdapterRegistry, Loaded
+    from .adapter_registry import AdapterRegistry, Loaded
+    from .engines.base import Engine
     from .session import Session
+    from .validation import GenerateValidator
 
 log = logging.getLogger(__name__)
 
 
 class Admission:
-    """Bounded admission: ``max_running`` generations run, ``max_queue`` wait, the rest are told ``busy``."""
+    """Bounded admission: generates in flight (waiting for or holding a batch row) are at most ``max_running`` +
+    ``max_queue``; beyond that a new one is told ``busy`` at once. Which of them run is the engine's business."""
 
-    def __init__(self, max_running: int, max_queue: int, metrics: Metrics) -> None:
+    def __init__(self, max_running: int, max_queue: int, metrics: Metrics,
+                 engine_running: Callable[[], int] = lambda: 0) -> None:
         self.max_running = max_running
         self.max_queue = max_queue
         self.metrics = metrics
         self.admitted = 0
-        self.running = 0
-        self._slots = asyncio.Semaphore(max_running)
+        self._engine_running = engine_running
+
+    @property
+    def running(self) -> int:
+        return min(self._engine_running(), self.admitted)
 
     @property
     def queued(self) -> int:
         return self.admitted - self.running
 
-    def _gauges(self) -> None:
-        self.metrics.queue_depth.set(self.queued)
-        self.metrics.running.set(self.running)
-
     def admit(self) -> None:
         if self.admitted >= self.max_running + self.max_queue:
             raise CapacityError(
                 f"the worker is at capacity ({self.running} running, {self.queued} queued, "
-                f"MAX_QUEUE_SIZE={self.max_queue}); retry later"
+                f"MAX_BATCH_ROWS={self.max_running}, MAX_QUEUE_SIZE={self.max_queue}); retry later"
             )
         self.admitted += 1
-        self._gauges()
+        self.metrics.queue_depth.set(self.queued)
 
     def release(self) -> None:
         self.admitted -= 1
-        self._gauges()
-
-    @contextlib.asynccontextmanager
-    async def slot(self, cancelled: asyncio.Event) -> AsyncIterator[bool]:
-        """Wait for a run slot; yields False (without a slot) if ``cancelled`` is set first."""
-        acquire = asyncio.ensure_future(self._slots.acquire())
-        stop = asyncio.ensure_future(cancelled.wait())
-        done, _ = await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if acquire not in done:
-            acquire.cancel()
-            try:
-                await acquire
-            except asyncio.CancelledError:
-                pass
-            else:  # acquired in the same step as the cancel: give the slot back
-                self._slots.release()
-            yield False
-            return
-        if cancelled.is_set():
-            self._slots.release()
-            yield False
-            return
-        self.running += 1
-        self._gauges()
-        try:
-            yield True
-        finally:
-            self.running -= 1
-            self._slots.release()
-            self._gauges()
-
-
-def concurrency_for(device: str) -> int:
-    """Default MAX_CONCURRENT_GENERATIONS for a device.
-
-    On a CPU every generation thread gets its own OpenMP team; once two teams exist on few cores, OpenMP stops
-    spinning between operations and every later request decodes slower (measured on 2 cores, 116M model: a lone
-    request at 0.66× its earlier speed after the first overlap), for no gain in aggregate throughput. So one at a
-    time there; on a GPU, threads mostly launch kernels and a few at once raise throughput.
-    """
-    return 4 if device == "cuda" else 1
+        self.metrics.queue_depth.set(self.queued)
 
 
 class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.limits = settings.limits()
+        self.request_limits = settings.request_limits()
         self.image_limits = settings.image_limits()
-        # Sized once the device is known (see concurrency_for); no request is admitted before that.
+        # Sized once the engine is up; no request is admitted before that.
         self.admission = Admission(1, settings.max_queue_size, self.metrics)
-        self.generate_pool = ThreadPoolExecutor(1, thread_name_prefix="generate")
         self.sessions: set[Session] = set()
         self.engine: Engine | None = None
+        self.validator: GenerateValidator | None = None
         self.registry: AdapterRegistry | None = None
         self.store: AdapterStore | None = None
         self.sources: AdapterSources | None = None
@@ -125,9 +85,9 @@ class Service:
 
     # ---- startup ---------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Build the demo if asked, load the model (off the event loop), then the default adapter."""
-        from .engine import Engine
-        from .lora import AdapterRegistry, LoraRuntime
+        """Build the demo if asked, load the engine (off the event loop), then the default adapter."""
+        from .adapter_registry import AdapterRegistry
+        from .validation import GenerateValidator
 
         s = self.settings
         if s.demo:
@@ -139,27 +99,21 @@ class Service:
         self.store, s3_stores = open_stores(s, s.store_dir)
         log.info("adapter store: %s", self.store.describe())
         self.sources = AdapterSources(self.store, local_roots=s.adapter_local_roots, s3_stores=s3_stores)
-        self.engine = await asyncio.to_thread(
-            Engine.load,
-            self.model_name,
-            device=s.device,
-            dtype=s.torch_dtype,
-            image_min_pixels=s.image_min_pixels,
-            image_max_pixels=s.image_max_pixels,
-            max_prompt_tokens=s.max_prompt_tokens,
-        )
-        self.metrics.model_load_seconds.set(self.engine.info.load_seconds)
-        running = s.max_concurrent_generations or concurrency_for(self.engine.info.device)
-        self.admission = Admission(running, s.max_queue_size, self.metrics)
-        self.generate_pool.shutdown(wait=False)
-        self.generate_pool = ThreadPoolExecutor(running, thread_name_prefix="generate")
-        log.info("%d generation(s) run at once, %d more may wait", running, s.max_queue_size)
-        if self.engine.info.device == "cuda":
+        self.engine = engine = await asyncio.to_thread(self._load_engine)
+        self.metrics.model_load_seconds.set(engine.info.load_seconds)
+        status = engine.status()
+        self.admission = Admission(status.max_running, s.max_queue_size, self.metrics,
+                                   lambda: engine.status().running)
+        self.metrics.kv_cache_max_bytes.set(status.kv_cache_max_bytes)
+        log.info("%s engine: up to %d requests in the batch, %d more may wait; KV cache bound %.0f MiB",
+                 s.engine, status.max_running, s.max_queue_size, status.kv_cache_max_bytes / 2**20)
+        if engine.info.device == "cuda":
             import torch
 
             self.metrics.add_cuda_memory(lambda: torch.cuda.current_device())
-        runtime = await asyncio.to_thread(LoraRuntime, self.engine.model)
-        self.registry = AdapterRegistry(runtime, self.sources, s.max_loaded_adapters, self.metrics)
+        self.validator = GenerateValidator(self.request_limits, engine.capabilities, self.image_limits,
+                                           self.model_name)
+        self.registry = AdapterRegistry(engine, self.sources, s.max_loaded_adapters, self.metrics)
         if s.default_adapter:
             try:
                 outcome = await self.registry.load(s.default_adapter)
@@ -172,6 +126,27 @@ class Service:
         self.ready = True
         self.metrics.ready.set(1)
 
+    def _load_engine(self) -> Engine:
+        """The engine INFERENCE_ENGINE names, with its model loaded (blocking)."""
+        from .engines.transformers import TransformersEngine
+        from .engines.transformers.model import load_model
+
+        s = self.settings
+        lm = load_model(self.model_name, device=s.device, dtype=s.torch_dtype, image_min_pixels=s.image_min_pixels,
+                        image_max_pixels=s.image_max_pixels, max_prompt_tokens=s.max_prompt_tokens)
+        return TransformersEngine(
+            lm, max_running=s.batch_rows_for(lm.info.device), kv_cache_max_bytes=kv_cache_bound(s, lm.info.device),
+            vision_cache_max_bytes=s.vision_cache_max_bytes, on_step=self._on_step,
+        )
+
+    def _on_step(self, stats: StepStats) -> None:
+        """Metrics of one engine step (called on the engine's thread; the Prometheus client is thread-safe)."""
+        m = self.metrics
+        m.step_seconds.labels(stats.kind).observe(stats.seconds)
+        if stats.kind == "decode":
+            m.batch_rows.observe(stats.rows)
+        for gap in stats.inter_token_s:
+            m.inter_token.observe(gap)
 
     # ---- views -----------------------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -188,9 +163,18 @@ class Service:
             "error": self.load_error,
         }
 
+    def render_metrics(self) -> bytes:
+        if self.engine is not None:
+            status = self.engine.status()
+            self.metrics.running.set(status.running)
+            self.metrics.queue_depth.set(self.admission.queued)
+            self.metrics.kv_cache_bytes.set(status.kv_cache_bytes)
+        return self.metrics.render()
+
     def status(self) -> p.Status:
         assert self.engine is not None and self.registry is not None
         info = self.engine.info
+        engine = self.engine.status()
         s = self.settings
         users = Counter(session.adapter.key for session in self.sessions if session.adapter is not None)
         return p.Status(
@@ -227,13 +211,12 @@ class Service:
                 "max_stop_length": s.max_stop_length,
                 "max_sessions_per_connection": s.max_sessions_per_connection,
                 "generation_timeout_s": s.generation_timeout_s,
-                # [low, high] ranges; top_p and repetition_penalty must be greater than 0.
-                "temperature": [0.0, 5.0],
-                "top_p": [0.0, 1.0],
-                "repetition_penalty": [0.0, 10.0],
-                "top_k": [0, None],
-                "seed": [0, 2**63 - 1],
+                **self.request_limits.sampling_ranges(),
             },
+            engine=s.engine,
+            kv_cache_bytes=engine.kv_cache_bytes,
+            kv_cache_max_bytes=engine.kv_cache_max_bytes,
+            engine_details=engine.details,
         )
 
     async def list_adapters(self) -> p.Adapters:
@@ -273,7 +256,18 @@ class Service:
     def _unfinished(self) -> int:
         return sum(len(s.generations) for s in self.sessions)
 
-    def close(self) -> None:
-        self.generate_pool.shutdown(wait=False, cancel_futures=True)
-        if self.registry is not None:
-            self.registry.close()
+    async def close(self) -> None:
+        if self.engine is not None:
+            await self.engine.close()
+
+
+def kv_cache_bound(settings: Settings, device: str) -> int:
+    """KV_CACHE_MAX_BYTES, or its default: 2 GiB on CPU and MPS, half the free GPU memory on CUDA."""
+    if settings.kv_cache_max_bytes is not None:
+        return settings.kv_cache_max_bytes
+    if device == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info()
+        return max(free // 2, 64 << 20)
+    return 2 << 30

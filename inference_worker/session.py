@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -19,24 +19,21 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from . import protocol as p
-from .engine import ChatTurn, Job, Result
+from .adapter_registry import Loaded
+from .engines.base import ChatTurn, EngineRequest, Finished, TextDelta
 from .errors import (
     CapacityError,
     DeadlineExceeded,
     ErrorCode,
-    InputError,
     InternalError,
     ProtocolError,
     ServiceError,
     SessionError,
 )
-from .images import decode_image
-from .lora import Loaded
 from .service import Service
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_END = object()
 
 
 class _Cancelled(Exception):
@@ -54,16 +51,18 @@ class AdapterHandle:
 @dataclass
 class Generation:
     session_id: str
-    cancel: threading.Event = field(default_factory=threading.Event)  # seen by the generation thread
-    cancelled: asyncio.Event = field(default_factory=asyncio.Event)  # seen by the event loop
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # the engine's id of this request
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     abort_error: ServiceError | None = None  # when set, the terminal message is this error
     task: asyncio.Task[None] | None = None
+    on_stop: Callable[[], None] | None = None  # aborts the engine's request once it has one
 
     def stop(self, error: ServiceError | None = None) -> None:
-        if error is not None and self.abort_error is None and not self.cancel.is_set():
+        if error is not None and self.abort_error is None and not self.cancelled.is_set():
             self.abort_error = error
-        self.cancel.set()
         self.cancelled.set()
+        if self.on_stop is not None:
+            self.on_stop()
 
 
 class Session:
@@ -101,7 +100,7 @@ class Session:
 
     async def dispatch(self, frame: str | bytes) -> None:
         try:
-            message = p.parse_client_message(frame, self.service.limits)
+            message = p.parse_client_message(frame)
         except ProtocolError as exc:
             if exc.message_type == "generate":
                 self.service.metrics.requests.labels(str(exc.code)).inc()
@@ -219,14 +218,9 @@ class Session:
                                    code=ErrorCode.TOO_MANY_SESSIONS, retryable=True)
             if self.service.draining:
                 raise CapacityError("the worker is shutting down", code=ErrorCode.SHUTTING_DOWN)
-            engine = self.service.engine
-            assert engine is not None
-            if message.images() and not engine.info.vision:
-                raise InputError(f"{self.service.model_name} is a text-only model: it cannot read images",
-                                 code=ErrorCode.IMAGES_NOT_SUPPORTED)
-            if message.system_prompt is not None and message.messages[0].role == "system":
-                raise ProtocolError("give the system prompt either as system_prompt or as a first system message, "
-                                    "not both")
+            validator = self.service.validator
+            assert validator is not None
+            validator.check(message)
             self.service.admission.admit()
         except ServiceError as exc:
             self.service.metrics.requests.labels(str(exc.code)).inc()
@@ -247,19 +241,17 @@ class Session:
         service = self.service
         settings = service.settings
         admitted = time.perf_counter()
+        timeout = settings.generation_timeout_s
         deadline = asyncio.get_running_loop().call_later(
-            settings.generation_timeout_s,
-            gen.stop,
-            DeadlineExceeded(
-                f"generation did not finish within GENERATION_TIMEOUT_S={settings.generation_timeout_s:g}s"
-            ),
+            timeout, gen.stop,
+            DeadlineExceeded(f"generation did not finish within GENERATION_TIMEOUT_S={timeout:g}s"),
         )
         entry: Loaded | None = None
         terminal: Any = None
         try:
             turns = await self._until_cancelled(gen, asyncio.to_thread(self._turns, message))
             entry = await self._until_cancelled(gen, self._pin_adapter(message, adapter))
-            terminal = await self._run(message, gen, turns, entry, admitted)
+            terminal = await self._run(message, gen, turns, entry, admitted, time.monotonic() + timeout)
         except _Cancelled:
             terminal = None
         except ServiceError as exc:
@@ -269,6 +261,7 @@ class Session:
             terminal = p.error_message(InternalError(f"{type(exc).__name__}: {exc}"), session_id=gen.session_id)
         finally:
             deadline.cancel()
+            gen.on_stop = None
             if entry is not None and service.registry is not None:
                 try:
                     await service.registry.unpin(entry)
@@ -285,8 +278,8 @@ class Session:
             await self.send(terminal)
 
     def _max_tokens(self, message: p.Generate) -> int:
-        s = self.service.settings
-        return p.effective_max_tokens(message, s.default_max_tokens, s.max_new_tokens)
+        assert self.service.validator is not None
+        return self.service.validator.max_tokens(message)
 
     def _cancelled_done(self, message: p.Generate, gen: Generation, entry: Loaded | None, admitted: float) -> p.Done:
         """The ``done`` of a generation cancelled before it produced anything."""
@@ -327,19 +320,10 @@ class Session:
         if task.exception() is None and isinstance(task.result(), Loaded) and self.service.registry is not None:
             self._spawn(self.service.registry.unpin(task.result()))
 
-    def _turns(self, message: p.Generate) -> list[ChatTurn]:
+    def _turns(self, message: p.Generate) -> tuple[ChatTurn, ...]:
         """Protocol messages → chat turns with decoded images (blocking: runs in a thread)."""
-        turns = []
-        if message.system_prompt is not None:
-            turns.append(ChatTurn("system", message.system_prompt))
-        for m in message.messages:
-            turns.append(ChatTurn(m.role, m.text()))
-        engine = self.service.engine
-        assert engine is not None
-        engine.check_text_length(turns)  # before decoding any image
-        for turn, m in zip(turns[-len(message.messages):], message.messages):
-            turn.images = [decode_image(part.image, self.service.image_limits).image for part in m.images()]
-        return turns
+        assert self.service.validator is not None
+        return self.service.validator.turns(message)
 
     async def _pin_adapter(
         self, message: p.Generate, adapter: asyncio.Task[AdapterHandle | None] | AdapterHandle | None
@@ -353,74 +337,57 @@ class Session:
             return None
         return await registry.acquire(handle.ref, handle.key)
 
-    async def _run(self, message: p.Generate, gen: Generation, turns: list[ChatTurn], entry: Loaded | None,
-                   admitted: float) -> p.Done | None:
+    async def _run(self, message: p.Generate, gen: Generation, turns: tuple[ChatTurn, ...], entry: Loaded | None,
+                   admitted: float, deadline: float) -> p.Done | None:
+        """Stream the request through the engine; the ``done`` it ends with (None if it was stopped)."""
         service = self.service
-        engine = service.engine
-        assert engine is not None
-        loop = asyncio.get_running_loop()
-        async with service.admission.slot(gen.cancelled) as got_slot:
-            if not got_slot:
-                return None
-            slot_at = time.perf_counter()
-            max_tokens = self._max_tokens(message)
-            sampling = engine.sampling(
-                temperature=message.temperature, top_k=message.top_k, top_p=message.top_p,
-                repetition_penalty=message.repetition_penalty, seed=message.seed,
-            )
-            pieces: asyncio.Queue[Any] = asyncio.Queue()
-            last_token = [0.0]
-            metrics = service.metrics
-
-            def pieces_from_thread(text: str) -> None:
-                loop.call_soon_threadsafe(pieces.put_nowait, text)
-
-            def on_token(now: float) -> None:
-                if last_token[0]:
-                    metrics.inter_token.observe(now - last_token[0])
+        engine, validator = service.engine, service.validator
+        assert engine is not None and validator is not None
+        request: EngineRequest = validator.request(
+            message, turns, request_id=gen.request_id, adapter=entry.engine_name if entry else None,
+            deadline=deadline, received_at=admitted,
+        )
+        gen.on_stop = lambda: engine.abort(gen.request_id)
+        if gen.cancelled.is_set():
+            return None
+        content: list[str] = []
+        finished: Finished | None = None
+        async with contextlib.aclosing(engine.generate(request)) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    content.append(event.text)
+                    await self.send(p.Token(content=event.text, session_id=gen.session_id))
                 else:
-                    metrics.ttft.observe(now - admitted)
-                last_token[0] = now
-
-            job = Job(
-                turns=turns, max_new_tokens=max_tokens, sampling=sampling, stop=list(message.stop or []),
-                adapter=entry.peft_name if entry else None, cancel=gen.cancel,
-                on_text=pieces_from_thread, on_token=on_token,
-            )
-
-            def work() -> Result:
-                try:
-                    return engine.generate(job)
-                finally:
-                    loop.call_soon_threadsafe(pieces.put_nowait, _END)
-
-            future = loop.run_in_executor(service.generate_pool, work)
-            content: list[str] = []
-            while (piece := await pieces.get()) is not _END:
-                content.append(piece)
-                await self.send(p.Token(content=piece, session_id=gen.session_id))
-            result: Result = await future
-        metrics.tokens.inc(result.completion_tokens)
-        metrics.prompt_tokens.inc(result.prompt_tokens)
+                    finished = event
+        assert finished is not None, "an engine stream always ends with Finished"
+        metrics = service.metrics
+        metrics.tokens.inc(finished.usage.completion_tokens)
+        metrics.prompt_tokens.inc(finished.usage.prompt_tokens)
+        t = finished.timings
+        if t.first_token_at is not None:
+            metrics.ttft.observe(t.first_token_at - admitted)
+        if finished.error is not None:
+            raise finished.error
         if gen.abort_error is not None:
             return None
-        first = result.first_token_at
-        decode_s = result.finished_at - first if first is not None else 0.0
+        first = t.first_token_at
+        decode_s = t.finished_at - first if first is not None else 0.0
+        completion = finished.usage.completion_tokens
+        assert finished.reason is not None
         return p.Done(
             content="".join(content),
             session_id=gen.session_id,
-            finish_reason=result.finish_reason,  # type: ignore[arg-type]
-            usage=p.Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                          max_tokens=max_tokens),
+            finish_reason=finished.reason,
+            usage=p.Usage(prompt_tokens=finished.usage.prompt_tokens, completion_tokens=completion,
+                          max_tokens=request.sampling.max_tokens),
             timings=p.Timings(
-                queue_ms=round((slot_at - admitted) * 1000, 2),
+                queue_ms=round(((t.scheduled_at or t.finished_at) - admitted) * 1000, 2),
                 ttft_ms=round((first - admitted) * 1000, 2) if first is not None else None,
-                total_ms=round((result.finished_at - admitted) * 1000, 2),
-                tokens_per_s=round((result.completion_tokens - 1) / decode_s, 2)
-                if result.completion_tokens > 1 and decode_s > 0 else None,
+                total_ms=round((t.finished_at - admitted) * 1000, 2),
+                tokens_per_s=round((completion - 1) / decode_s, 2) if completion > 1 and decode_s > 0 else None,
             ),
             adapter=entry.ref if entry else None,
-            seed=sampling.seed if sampling.temperature > 0 else None,
+            seed=request.sampling.seed if request.sampling.temperature > 0 else None,
         )
 
 

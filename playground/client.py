@@ -55,7 +55,6 @@ from inference_worker.protocol import (
     AdapterUnloaded,
     Done,
     Error,
-    Limits,
     Pong,
     Status,
     Token,
@@ -66,11 +65,6 @@ from inference_worker.protocol import (
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "ws://localhost:8765"
-
-# Local validation checks the shape and types of a request; the worker's configurable limits are its to enforce.
-_NO_LIMITS = Limits(max_new_tokens=2**62, max_stop_strings=2**31, max_stop_length=2**31,
-                    max_images_per_request=2**31, max_messages=2**31)
-
 
 class _Unset:
     def __repr__(self) -> str:
@@ -182,7 +176,8 @@ def encode_request(message: dict[str, Any]) -> str:
     """The frame for a client message, checked against the protocol's models first (:class:`InvalidRequest`)."""
     frame = json.dumps(message, ensure_ascii=False)
     try:
-        parse_client_message(frame, _NO_LIMITS)
+        # The shape and types of the request; the worker's configurable limits are its to enforce.
+        parse_client_message(frame)
     except ProtocolError as exc:
         raise InvalidRequest(str(exc.code), exc.message) from None
     return frame

@@ -46,7 +46,7 @@ def worker_settings(demo: DemoPaths, adapter_root: Path, **overrides: object) ->
 @pytest.fixture(scope="module")
 def worker(demo: DemoPaths, adapter_root: Path) -> Iterator[EmbeddedWorker]:
     """A real worker on an ephemeral port, serving the demo model (one per test module)."""
-    with EmbeddedWorker(worker_settings(demo, adapter_root, max_concurrent_generations=4)) as running:
+    with EmbeddedWorker(worker_settings(demo, adapter_root)) as running:
         yield running
 
 

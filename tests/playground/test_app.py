@@ -25,7 +25,7 @@ MAX_NEW_TOKENS = 256  # not the worker's default: the controls must take the lim
 @pytest.fixture(scope="module")
 def app_worker(demo, adapter_root):
     with EmbeddedWorker(worker_settings(demo, adapter_root, max_new_tokens=MAX_NEW_TOKENS,
-                                        max_concurrent_generations=4)) as running:
+                                        max_batch_rows=4)) as running:
         yield running
 
 
@@ -170,7 +170,7 @@ def test_rejected_image_is_explained_and_recorded(app):
 
 def test_busy_worker_is_explained_and_recorded(demo, adapter_root, monkeypatch):
     """With the only slot taken and no queue, Generate says the worker is busy; the run is recorded as retryable."""
-    settings = worker_settings(demo, adapter_root, max_concurrent_generations=1, max_queue_size=0)
+    settings = worker_settings(demo, adapter_root, max_batch_rows=1, max_queue_size=0)
     with EmbeddedWorker(settings) as small, Client(small.url) as holder:
         at = open_app(small.url, monkeypatch)
         at.number_input(key="max_tokens").set_value(8)

@@ -183,7 +183,7 @@ async def test_load_adapter_surfaces_progress(demo, adapter_root):
 
 async def test_busy_is_a_retryable_worker_error(demo, adapter_root, png):
     """With one slot and no queue, a second generate gets busy (retryable) while the first streams."""
-    settings = worker_settings(demo, adapter_root, max_concurrent_generations=1, max_queue_size=0)
+    settings = worker_settings(demo, adapter_root, max_batch_rows=1, max_queue_size=0)
     with EmbeddedWorker(settings) as small:
         async with WorkerClient(small.url) as first, WorkerClient(small.url) as second:
             session_id = new_session_id()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 
 import psutil
 import pytest
@@ -135,13 +136,14 @@ def test_broken_adapters_leave_no_trace(worker, demo, adapter_root):
         c.load("demo-b")
         req = greedy(max_tokens=40)
         outputs = {k: c.generate(**req, adapter=k).terminal["content"] for k in ("demo-a", "demo-b", None)}
-        names_before = set(worker.service.registry.runtime.names)
-        params_before = sum(p.numel() for p in worker.service.engine.model.parameters())
+        bank = worker.service.engine.bank
+        names_before, hooked_before = set(bank.adapters), bank.hooked_modules()
+        params_before = sum(p.numel() for p in worker.service.engine.lm.model.parameters())
         for ref, code in [(str(other_size), "adapter_incompatible"), (str(wrong_rank), "adapter_invalid")]:
             err = c.load(ref)
             assert err["code"] == code, err
-        assert set(worker.service.registry.runtime.names) == names_before
-        assert sum(p.numel() for p in worker.service.engine.model.parameters()) == params_before
+        assert set(bank.adapters) == names_before and bank.hooked_modules() == hooked_before
+        assert sum(p.numel() for p in worker.service.engine.lm.model.parameters()) == params_before
         for k, expected in outputs.items():
             assert c.generate(**req, adapter=k).terminal["content"] == expected
         assert c.generate(**req).terminal["content"] == outputs["demo-b"]
@@ -150,21 +152,21 @@ def test_broken_adapters_leave_no_trace(worker, demo, adapter_root):
 def test_eviction_while_streaming_releases_memory_afterwards(demo, adapter_root):
     """The running stream finishes on its adapter; its LoRA weights leave the model when the stream ends."""
     with EmbeddedWorker(worker_settings(demo, adapter_root, max_loaded_adapters=1)) as w:
-        runtime = w.service.registry.runtime
+        bank = w.service.engine.bank
         with Client(w.url) as a, Client(w.url) as b:
             a.load("demo-a")
             solo = a.generate(**greedy(max_tokens=300)).terminal["content"]
-            peft_a = next(iter(runtime.names))
-            assert runtime.lora_parameter_bytes(peft_a) > 0
+            name_a = next(iter(bank.adapters))
+            assert bank.adapters[name_a].parameter_bytes > 0 and bank.hooked_modules()
             a.send({"type": "generate", "session_id": "s", **greedy(max_tokens=300)})
             assert a.recv()["type"] == "token"
             b.load("demo-b")
-            assert peft_a in runtime.names, "not evicted while streaming"
+            assert name_a in bank.adapters, "not evicted while streaming"
             assert a.collect("s").terminal["content"] == solo
-            deadline = __import__("time").monotonic() + 5
-            while peft_a in runtime.names and __import__("time").monotonic() < deadline:
-                __import__("time").sleep(0.01)
-            assert peft_a not in runtime.names and runtime.lora_parameter_bytes(peft_a) == 0
+            deadline = time.monotonic() + 5
+            while name_a in bank.adapters and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert name_a not in bank.adapters and set(bank.adapters) == {next(iter(bank.adapters))}
 
 
 def test_every_reply_of_a_bad_session_is_valid_json(worker):

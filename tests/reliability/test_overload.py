@@ -16,7 +16,7 @@ PROMPTS = ["Describe the process diagram.", "List the roles.", "What comes after
 def test_overload_without_cross_talk(demo, adapter_root):
     """12 clients × 3 requests on 2 slots + a queue of 4: every generate gets exactly one terminal; each done is
     exactly what its adapter and prompt give alone; the rest are busy (retryable); counters return to zero."""
-    settings = worker_settings(demo, adapter_root, max_concurrent_generations=2, max_queue_size=4)
+    settings = worker_settings(demo, adapter_root, max_batch_rows=2, max_queue_size=4)
     adapters = [None, "demo-a", "demo-b"]
     with EmbeddedWorker(settings) as w:
         solo = {}

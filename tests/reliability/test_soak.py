@@ -15,7 +15,7 @@ DURATION = float(os.environ.get("SOAK_SECONDS", "20"))
 
 def test_short_soak_loses_nothing(demo, adapter_root, output_dir):
     """8 clients for SOAK_SECONDS (default 20): zero lost requests, zero invalid replies, RSS growth ≤ 10%."""
-    settings = worker_settings(demo, adapter_root, max_concurrent_generations=2, max_queue_size=16,
+    settings = worker_settings(demo, adapter_root, max_batch_rows=2, max_queue_size=16,
                                max_loaded_adapters=2)
     with EmbeddedWorker(settings) as w:
         report = asyncio.run(soak(w.url, duration_s=DURATION, clients=8, max_tokens=32, rss_every_s=0.5))

@@ -19,7 +19,7 @@ def wait_for(predicate, timeout=10.0):
 
 def test_full_queue_answers_busy_at_once(demo, adapter_root):
     """With 1 running and 1 queued, a third generate gets busy (retryable) immediately; the others finish."""
-    settings = worker_settings(demo, adapter_root, max_concurrent_generations=1, max_queue_size=1)
+    settings = worker_settings(demo, adapter_root, max_batch_rows=1, max_queue_size=1)
     with EmbeddedWorker(settings) as w, Client(w.url) as c:
         c.send({"type": "generate", "session_id": "run", **greedy(max_tokens=400)})
         wait_for(lambda: w.service.admission.running == 1)
@@ -41,7 +41,7 @@ def test_full_queue_answers_busy_at_once(demo, adapter_root):
 
 def test_queued_request_can_be_cancelled(demo, adapter_root):
     """A generate cancelled while it waits in the queue ends with done(cancelled) and no tokens."""
-    settings = worker_settings(demo, adapter_root, max_concurrent_generations=1, max_queue_size=4)
+    settings = worker_settings(demo, adapter_root, max_batch_rows=1, max_queue_size=4)
     with EmbeddedWorker(settings) as w, Client(w.url) as c:
         c.send({"type": "generate", "session_id": "run", **greedy(max_tokens=400)})
         wait_for(lambda: w.service.admission.running == 1)
@@ -149,13 +149,16 @@ def test_default_adapter_is_never_evicted(demo, adapter_root):
         assert w.service.metrics.adapter_loads.labels("loaded")._value.get() == loads
 
 
-def test_concurrency_defaults_to_one_on_cpu(demo, adapter_root):
-    """Unset MAX_CONCURRENT_GENERATIONS: one generation at a time on a CPU (4 on CUDA); an empty value is unset."""
+def test_batch_defaults_and_kv_bound_in_status(demo, adapter_root):
+    """Unset MAX_BATCH_ROWS: 8 rows on CPU/MPS, 32 on CUDA; empty values are unset; status shows the KV bound."""
     from inference_worker.config import Settings
-    from inference_worker.service import concurrency_for
 
-    assert (concurrency_for("cpu"), concurrency_for("mps"), concurrency_for("cuda")) == (1, 1, 4)
-    assert Settings(max_concurrent_generations="").max_concurrent_generations is None
-    with EmbeddedWorker(worker_settings(demo, adapter_root)) as w, Client(w.url) as c:
+    unset = Settings(max_batch_rows="", kv_cache_max_bytes="")
+    assert unset.max_batch_rows is None and unset.kv_cache_max_bytes is None
+    assert (unset.batch_rows_for("cpu"), unset.batch_rows_for("mps"), unset.batch_rows_for("cuda")) == (8, 8, 32)
+    assert Settings(max_batch_rows=3).batch_rows_for("cuda") == 3
+    with EmbeddedWorker(worker_settings(demo, adapter_root, kv_cache_max_bytes=64 << 20)) as w, Client(w.url) as c:
         status = c.request({"type": "status"}, "status")
-        assert status["max_running"] == (4 if status["device"] == "cuda" else 1)
+        assert status["max_running"] == (32 if status["device"] == "cuda" else 8)
+        assert status["engine"] == "transformers" and status["kv_cache_max_bytes"] == 64 << 20
+        assert status["kv_cache_bytes"] == 0, "no KV memory is held while idle"

@@ -38,3 +38,19 @@ def test_vl_adapter_on_text_model_is_incompatible(text_worker):
     """An adapter trained for Qwen3-VL does not fit the text model: adapter_incompatible."""
     with Client(text_worker.url) as c:
         assert c.load("demo-a")["code"] == "adapter_incompatible"
+
+
+def test_text_model_batches_exactly(text_worker):
+    """Several connections at once on the text-only model each get exactly their solo output."""
+    prompts = ["Hi", "Describe the process in detail, step by step.", "Что дальше?", "List the roles."]
+    with Client(text_worker.url) as c:
+        solo = [c.generate(**greedy(p, max_tokens=40)).terminal["content"] for p in prompts]
+    assert len(set(solo)) == len(solo)
+    clients = [Client(text_worker.url) for _ in prompts]
+    try:
+        for c, p in zip(clients, prompts):
+            c.send({"type": "generate", **greedy(p, max_tokens=40)})
+        assert [c.collect().terminal["content"] for c in clients] == solo
+    finally:
+        for c in clients:
+            c.close()

@@ -1,0 +1,127 @@
+"""Everything a ``generate`` is checked against before it reaches the engine, in one place.
+
+The protocol (``protocol.py``) checks the shape of a message; this module checks it against the operator's limits
+(every one from the settings object) and the model's capabilities, fills in what the request left out (the model's
+sampling defaults, ``max_tokens``, a seed), decodes its images, and builds the engine's request record.
+
+    validator.check(message)                      # cheap, on the event loop: raises a ServiceError
+    turns = validator.turns(message)              # blocking (decodes images): run it in a thread
+    request = validator.request(message, turns, request_id=..., adapter=..., deadline=..., received_at=...)
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from . import protocol as p
+from .engines.base import Capabilities, ChatTurn, EngineRequest, SamplingParams
+from .errors import ErrorCode, InputError, ProtocolError
+from .images import ImageLimits, decode_image
+
+SEED_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """The limits of one request (filled from the settings; ``Settings.request_limits()``)."""
+
+    max_new_tokens: int = 2048
+    default_max_tokens: int = 512
+    max_prompt_tokens: int = 16384
+    max_stop_strings: int = 8
+    max_stop_length: int = 64
+    max_images_per_request: int = 4
+    max_messages: int = 256
+    temperature_max: float = 5.0
+    repetition_penalty_max: float = 10.0
+
+    def sampling_ranges(self) -> dict[str, list[Any]]:
+        """[low, high] of each sampling parameter, as ``status`` reports them. top_p and repetition_penalty must be
+        greater than their low end; the others may equal it."""
+        return {
+            "temperature": [0.0, self.temperature_max],
+            "top_p": [0.0, 1.0],
+            "repetition_penalty": [0.0, self.repetition_penalty_max],
+            "top_k": [0, None],
+            "seed": [0, SEED_MAX],
+        }
+
+
+class GenerateValidator:
+    def __init__(self, limits: RequestLimits, capabilities: Capabilities, image_limits: ImageLimits,
+                 model_name: str) -> None:
+        self.limits = limits
+        self.capabilities = capabilities
+        self.image_limits = image_limits
+        self.model_name = model_name
+
+    def check(self, message: p.Generate) -> None:
+        """Limits and capabilities that need no image decoding. Raises ProtocolError / InputError."""
+        lim = self.limits
+        if len(message.messages) > lim.max_messages:
+            raise ProtocolError(f"too many messages: {len(message.messages)} > {lim.max_messages}")
+        if message.stop is not None:
+            if len(message.stop) > lim.max_stop_strings:
+                raise ProtocolError(f"too many stop strings: {len(message.stop)} > {lim.max_stop_strings}")
+            if any(len(s) > lim.max_stop_length for s in message.stop):
+                raise ProtocolError(f"a stop string is longer than {lim.max_stop_length} characters")
+        images = len(message.images())
+        if images > lim.max_images_per_request:
+            raise ProtocolError(f"too many images: {images} > {lim.max_images_per_request}",
+                                code=ErrorCode.IMAGE_TOO_LARGE)
+        if message.temperature is not None and message.temperature > lim.temperature_max:
+            raise ProtocolError(f"temperature {message.temperature} is above the maximum {lim.temperature_max}")
+        if message.repetition_penalty is not None and message.repetition_penalty > lim.repetition_penalty_max:
+            raise ProtocolError(f"repetition_penalty {message.repetition_penalty} is above the maximum "
+                                f"{lim.repetition_penalty_max}")
+        if images and not self.capabilities.vision:
+            raise InputError(f"{self.model_name} is a text-only model: it cannot read images",
+                             code=ErrorCode.IMAGES_NOT_SUPPORTED)
+        if message.system_prompt is not None and message.messages[0].role == "system":
+            raise ProtocolError("give the system prompt either as system_prompt or as a first system message, not both")
+        chars = len(message.system_prompt or "") + sum(len(m.text()) for m in message.messages)
+        if chars > lim.max_prompt_tokens * self.capabilities.max_chars_per_token:
+            # No token decodes to more characters than the longest vocabulary entry: this text cannot fit in
+            # MAX_PROMPT_TOKENS whatever the tokenization, and is refused without tokenizing it.
+            raise InputError(f"prompt is {chars} characters, more than {lim.max_prompt_tokens} tokens can hold",
+                             code=ErrorCode.PROMPT_TOO_LONG)
+
+    def turns(self, message: p.Generate) -> tuple[ChatTurn, ...]:
+        """The chat turns with decoded, bounded images (blocking: run in a thread)."""
+        out = []
+        if message.system_prompt is not None:
+            out.append(ChatTurn("system", message.system_prompt))
+        for m in message.messages:
+            images = tuple(decode_image(part.image, self.image_limits).image for part in m.images())
+            out.append(ChatTurn(m.role, m.text(), images))
+        return tuple(out)
+
+    def max_tokens(self, message: p.Generate) -> int:
+        """The new tokens a request may produce: its own ``max_tokens`` (or the default), at most the cap."""
+        lim = self.limits
+        return min(message.max_tokens if message.max_tokens is not None else lim.default_max_tokens,
+                   lim.max_new_tokens)
+
+    def sampling(self, message: p.Generate) -> SamplingParams:
+        d = self.capabilities.sampling_defaults
+
+        def pick(value: Any, key: str) -> Any:
+            return d.get(key) if value is None else value
+
+        temperature = pick(message.temperature, "temperature") or 0.0
+        return SamplingParams(
+            temperature=float(temperature),
+            top_k=pick(message.top_k, "top_k"),
+            top_p=pick(message.top_p, "top_p"),
+            repetition_penalty=pick(message.repetition_penalty, "repetition_penalty"),
+            seed=secrets.randbelow(SEED_MAX) if message.seed is None else message.seed,
+            max_tokens=self.max_tokens(message),
+            stop=tuple(message.stop or ()),
+        )
+
+    def request(self, message: p.Generate, turns: tuple[ChatTurn, ...], *, request_id: str, adapter: str | None,
+                deadline: float | None, received_at: float) -> EngineRequest:
+        return EngineRequest(request_id=request_id, turns=turns, sampling=self.sampling(message), adapter=adapter,
+                             deadline=deadline, received_at=received_at)

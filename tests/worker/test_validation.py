@@ -1,0 +1,76 @@
+"""The request validator: every limit from the settings, the model's capabilities, defaults. No server, no model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from inference_worker import protocol as p
+from inference_worker.config import Settings
+from inference_worker.engines.base import Capabilities
+from inference_worker.errors import ErrorCode, ServiceError
+from inference_worker.images import ImageLimits
+from inference_worker.validation import GenerateValidator, RequestLimits
+
+TEXT = {"type": "generate", "messages": [{"role": "user", "content": "Describe the process."}]}
+
+
+def validator(vision=True, defaults=None, **limits):
+    caps = Capabilities(vision=vision, max_chars_per_token=4, sampling_defaults=defaults or {})
+    return GenerateValidator(RequestLimits(**limits), caps, ImageLimits(), "the-model")
+
+
+def code_of(v, **fields):
+    with pytest.raises(ServiceError) as info:
+        v.check(p.parse_client_message(json.dumps({**TEXT, **fields})))
+    return info.value.code
+
+
+def test_limits_are_enforced():
+    """Stop strings, message count and image count are bounded by the settings' limits."""
+    v = validator(max_stop_strings=2, max_stop_length=4, max_images_per_request=1, max_messages=2)
+    assert code_of(v, stop=["a", "b", "c"]) == ErrorCode.INVALID_MESSAGE
+    assert code_of(v, stop=["abcde"]) == ErrorCode.INVALID_MESSAGE
+    assert code_of(v, messages=[{"role": "user", "content": "x"}] * 3) == ErrorCode.INVALID_MESSAGE
+    two_images = [{"role": "user", "content": [{"type": "image", "image": "aGk="}] * 2}]
+    assert code_of(v, messages=two_images) == ErrorCode.IMAGE_TOO_LARGE
+    v.check(p.parse_client_message(json.dumps({**TEXT, "stop": ["a", "abcd"]})))
+
+
+def test_sampling_ranges_come_from_the_settings():
+    """temperature and repetition_penalty above the configured maxima are refused; status reports the same ranges."""
+    settings = Settings(temperature_max=2.0, repetition_penalty_max=3.0)
+    limits = settings.request_limits()
+    v = GenerateValidator(limits, Capabilities(True, 4), ImageLimits(), "m")
+    assert code_of(v, temperature=2.5) == ErrorCode.INVALID_MESSAGE
+    assert code_of(v, repetition_penalty=3.5) == ErrorCode.INVALID_MESSAGE
+    v.check(p.parse_client_message(json.dumps({**TEXT, "temperature": 2.0, "repetition_penalty": 3.0})))
+    assert limits.sampling_ranges()["temperature"] == [0.0, 2.0]
+    assert limits.sampling_ranges()["repetition_penalty"] == [0.0, 3.0]
+
+
+def test_capabilities_and_prompt_size():
+    """Images on a text-only model, a doubled system prompt and an impossible prompt length are refused early."""
+    image = [{"role": "user", "content": [{"type": "image", "image": "aGk="}, {"type": "text", "text": "x"}]}]
+    assert code_of(validator(vision=False), messages=image) == ErrorCode.IMAGES_NOT_SUPPORTED
+    assert code_of(validator(), system_prompt="s", messages=[{"role": "system", "content": "s"},
+                                                             {"role": "user", "content": "u"}]) == (
+        ErrorCode.INVALID_MESSAGE)
+    assert code_of(validator(max_prompt_tokens=10), messages=[{"role": "user", "content": "x" * 41}]) == (
+        ErrorCode.PROMPT_TOO_LONG)
+    validator(max_prompt_tokens=10).check(p.parse_client_message(
+        json.dumps({**TEXT, "messages": [{"role": "user", "content": "x" * 40}]})))
+
+
+def test_max_tokens_is_capped_and_defaults_are_filled():
+    """max_tokens above MAX_NEW_TOKENS is capped, absent is the default; omitted sampling takes the model's defaults."""
+    v = validator(default_max_tokens=32, max_new_tokens=64,
+                  defaults={"temperature": 0.7, "top_k": 20, "top_p": 0.8, "repetition_penalty": None})
+    capped = v.sampling(p.parse_client_message(json.dumps({**TEXT, "max_tokens": 10_000})))
+    assert capped.max_tokens == 64
+    default = v.sampling(p.parse_client_message(json.dumps({**TEXT, "top_k": 5, "seed": 3})))
+    assert (default.max_tokens, default.temperature, default.top_k, default.top_p, default.seed) == (
+        32, 0.7, 5, 0.8, 3)
+    greedy = v.sampling(p.parse_client_message(json.dumps({**TEXT, "temperature": 0})))
+    assert greedy.greedy and 0 <= greedy.seed < 2**63
