@@ -252,16 +252,21 @@ class OutputView:
 
 
 def metrics_table(outputs: list[Output]) -> str:
+    """The worker's timings of each output. Queueing (waiting for a batch row, image decoding, adapter loading) is
+    shown apart from the time the request itself took to its first token, so a side that waited does not look
+    slower."""
     rows = []
     for o in outputs:
         t = o.timings or {}
-        ttft = f"{t['ttft_ms']:.1f} ms" if t.get("ttft_ms") is not None else "–"
+        queue, ttft = t.get("queue_ms"), t.get("ttft_ms")
+        queued = f"{queue:.1f} ms" if queue is not None else "–"
+        first = f"{ttft - (queue or 0.0):.1f} ms" if ttft is not None else "–"
         speed = f"{t['tokens_per_s']:.1f}" if t.get("tokens_per_s") is not None else "–"
         tokens = (o.usage or {}).get("completion_tokens", "–")
         finish = o.finish_reason or (o.error or {}).get("code", "–")
-        rows.append(f"| {o.label} | {ttft} | {speed} | {tokens} | {finish} | {o.adapter_label} |")
-    return ("| | time to first token | tokens/s | tokens | finish reason | adapter |\n|---|---|---|---|---|---|\n"
-            + "\n".join(rows))
+        rows.append(f"| {o.label} | {queued} | {first} | {speed} | {tokens} | {finish} | {o.adapter_label} |")
+    return ("| | queued | to first token (after the queue) | tokens/s | tokens | finish reason | adapter |\n"
+            "|---|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 def render_record(record: RunRecord, views: list[OutputView], raw: bool) -> None:

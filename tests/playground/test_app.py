@@ -134,6 +134,7 @@ def test_ab_mode_streams_both_and_compares_them(app, app_worker):
     assert app.get("html")[0].value.startswith('<div class="ab-diff"')
     text = page_text(app)
     assert "| A | " in text and "| B | " in text and "A (demo-a) and B (base model)" in text
+    assert "| queued | to first token (after the queue) |" in text, "queueing is shown apart from generation"
 
 
 def test_history_exports_every_run(app):
