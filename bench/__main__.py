@@ -37,11 +37,13 @@ from .report import FIGURES, Row, machine_info, render_markdown, write_results
 
 # Each preset: what a mode measures. Flags given explicitly override them.
 PRESETS: dict[str, dict[str, Any]] = {
-    "full": dict(sizes=["tiny", "mid"], trials=7, tokens=32, image_side=256, swap_trials=30, clients=[1, 2, 4, 8],
-                 requests_per_client=2, concurrency_trials=3, concurrency_tokens=16, cycles=200, cold_trials=5,
+    "full": dict(sizes=["tiny", "mid"], trials=7, tokens=32, image_side=256, swap_trials=30,
+                 clients=[1, 2, 4, 8, 16], requests_per_client=2, concurrency_trials=3, concurrency_tokens=128,
+                 cycles=200, cold_trials=5,
                  cold_size="2b", warmup=3, lora_2b=True),
-    "quick": dict(sizes=["tiny", "mid"], trials=3, tokens=16, image_side=256, swap_trials=10, clients=[1, 2, 4, 8],
-                  requests_per_client=1, concurrency_trials=2, concurrency_tokens=8, cycles=40, cold_trials=3,
+    "quick": dict(sizes=["tiny", "mid"], trials=3, tokens=16, image_side=256, swap_trials=10,
+                  clients=[1, 2, 4, 8, 16], requests_per_client=1, concurrency_trials=2, concurrency_tokens=32,
+                  cycles=40, cold_trials=3,
                   cold_size="mid", warmup=2, lora_2b=False),
     "smoke": dict(sizes=["tiny"], trials=1, tokens=4, image_side=64, swap_trials=2, clients=[1, 2],
                   requests_per_client=1, concurrency_trials=1, concurrency_tokens=4, cycles=4, cold_trials=1,
@@ -95,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--s3-endpoint", help="use this S3/MinIO server for the cold load instead of starting SeaweedFS")
     p.add_argument("--s3-access-key", default=os.environ.get("MINIO_ACCESS_KEY"))
     p.add_argument("--s3-secret-key", default=os.environ.get("MINIO_SECRET_KEY"))
+    p.add_argument("--compare-ref", metavar="GIT_REF",
+                   help="also run the worker of this git ref (e.g. a previous release) in figure 1, side by side: one "
+                   "client's decode speed and time to first token of the new worker ÷ the old one")
     p.add_argument("--verbose", action="store_true")
     return p
 
@@ -128,7 +133,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
                      and not args.size and 2 in args.figures),
         device=device, dtype=None if args.dtype == "auto" else args.dtype,
         cache_dir=args.cache_dir or default_cache_dir(), out=out, rank=args.rank, s3_endpoint=args.s3_endpoint,
-        s3_access_key=args.s3_access_key, s3_secret_key=args.s3_secret_key, mode=mode,
+        s3_access_key=args.s3_access_key, s3_secret_key=args.s3_secret_key, mode=mode, compare_ref=args.compare_ref,
     )
 
 
@@ -235,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "clients": options.clients, "requests/client": options.requests_per_client,
         "concurrency trials": options.concurrency_trials, "concurrency tokens": options.concurrency_tokens,
         "MAX_BATCH_ROWS": options.max_batch_rows or "worker default (8 on CPU, 32 on CUDA)",
-        "memory cycles": options.cycles,
+        "memory cycles": options.cycles, "previous worker (figure 1)": options.compare_ref or "no",
         "cold trials": options.cold_trials, "cold-load model": options.cold_size or str(options.model_dir),
         "figure 2 on 2b": "3 trials of 4 tokens" if options.lora_2b else "no",
         "LoRA": f"rank {options.rank} q,k,v,o", "device": options.device,

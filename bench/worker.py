@@ -42,6 +42,8 @@ class WorkerConfig:
     max_batch_rows: int | None = None
     s3: dict[str, str] = field(default_factory=dict)  # MINIO_* variables (endpoint, keys, bucket)
     cache_dir: Path | None = None  # ADAPTER_CACHE_DIR
+    env: dict[str, str] = field(default_factory=dict)  # more settings, as environment variables
+    source_dir: Path = ROOT  # the checkout whose worker runs (another one: a previous version, side by side)
 
 
 class WorkerProcess:
@@ -75,10 +77,10 @@ class WorkerProcess:
             args += ["--adapter-store-dir", str(c.store_dir)]
         if c.cache_dir is not None:
             args += ["--adapter-cache-dir", str(c.cache_dir)]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", **c.s3}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", **c.s3, **c.env}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, cwd=c.source_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
