@@ -271,3 +271,22 @@ async def test_kv_bound_makes_admission_wait(demo):
         assert huge.finished.error is not None and huge.finished.error.code == ErrorCode.PROMPT_TOO_LONG
     finally:
         await eng.close()
+
+
+async def test_out_of_memory_ends_the_batch_not_the_engine(engine, monkeypatch):
+    """A KV allocation that fails (out of memory on a GPU; simulated here) fails the requests it hit with
+    internal_error; the engine goes on serving."""
+    real = engine.scheduler.cache.ensure
+    failures = [2]
+
+    def flaky(*args, **kwargs):
+        if failures[0]:
+            failures[0] -= 1
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.scheduler.cache, "ensure", flaky)
+    outs = await collect_all(engine, [request(max_tokens=8), request("Hi", max_tokens=8)])
+    assert all(o.finished.error is not None and o.finished.error.code == ErrorCode.INTERNAL_ERROR for o in outs)
+    after = await collect(engine, request(max_tokens=8))
+    assert after.finished.reason == "length" and engine.status().kv_cache_bytes == 0

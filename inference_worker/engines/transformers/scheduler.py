@@ -159,9 +159,14 @@ class Scheduler:
         if closing:
             self._fail_all(CapacityError("the worker is shutting down", code=ErrorCode.SHUTTING_DOWN))
             return False
-        self._admit()
-        if self.running:
-            self._decode()
+        try:
+            self._admit()
+            if self.running:
+                self._decode()
+        except Exception as exc:  # e.g. out of memory while growing the KV cache: the batch ends, the engine lives
+            log.exception("the running batch failed")
+            for seq in list(self.running):
+                self._finish(seq, None, InternalError(f"the batch failed: {type(exc).__name__}: {exc}"))
         self._flush()
         return True
 
@@ -318,8 +323,13 @@ class Scheduler:
         if token is None:  # failed in _pick
             return
         longest = max((s.reserved_len for s in self.running), default=0)
-        self.cache.ensure(len(self.running) + 1, prepared.length + 1, max_rows=self.max_rows,
-                          max_len=max(longest, seq.reserved_len))
+        try:
+            self.cache.ensure(len(self.running) + 1, prepared.length + 1, max_rows=self.max_rows,
+                              max_len=max(longest, seq.reserved_len))
+        except Exception as exc:  # out of memory: this request cannot join; the batch goes on
+            log.exception("no KV memory for %s", seq.request.request_id)
+            self._finish(seq, None, InternalError(f"no memory for this request's KV cache: {type(exc).__name__}"))
+            return
         seq.row = self.cache.add_row(prefill_cache)
         self.running.append(seq)
         if seq.sampler.needs_history:
