@@ -176,3 +176,17 @@ def test_every_reply_of_a_bad_session_is_valid_json(worker):
             c.send(frame)
             reply = c.recv()
             assert reply["type"] == "error" and reply["code"] in ("invalid_json", "invalid_message")
+
+
+@pytest.mark.parametrize("fields", [{"temperature": 1e-40}, {"temperature": 1e-300}, {"temperature": 5e-324},
+                                    {"temperature": 0.7, "repetition_penalty": 1e-300},
+                                    {"temperature": 0, "repetition_penalty": 5e-324},
+                                    {"temperature": 5.0, "top_p": 1e-300, "top_k": 1}])
+def test_every_accepted_sampling_value_works(worker, fields):
+    """Extreme values inside the accepted ranges sample (no internal_error from NaN probabilities)."""
+    with Client(worker.url) as c:
+        stream = c.generate(**{**greedy(max_tokens=8), **fields, "seed": 3})
+        assert stream.terminal["type"] == "done", stream.terminal
+        assert stream.terminal["usage"]["completion_tokens"] == 8
+        if fields.get("temperature", 0) < 1e-30 and "repetition_penalty" not in fields:
+            assert stream.text == c.generate(**greedy(max_tokens=8)).text, "a vanishing temperature is greedy"
