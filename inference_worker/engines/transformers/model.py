@@ -239,6 +239,8 @@ def load_model(name: str, *, device: str = "auto", dtype: str = "auto", image_mi
         processor = None
         tokenizer = AutoTokenizer.from_pretrained(name)
     _install_lm_head_fix(model)
+    if device == "cpu":
+        _lay_out_for_small_batches(model)
     info = ModelInfo(
         name=name,
         model_type=config.model_type,
@@ -251,6 +253,28 @@ def load_model(name: str, *, device: str = "auto", dtype: str = "auto", image_mi
     log.info("model loaded in %.2f s (%d parameters)", info.load_seconds, info.parameters)
     return LoadedModel(model, processor, tokenizer, info, image_min_pixels=image_min_pixels,
                        image_max_pixels=image_max_pixels, max_prompt_tokens=max_prompt_tokens)
+
+
+def _lay_out_for_small_batches(model: Any) -> None:
+    """Store the language model's linear weights transposed (the same values, the same memory).
+
+    ``F.linear(x, W)`` multiplies by ``Wᵀ``; with ``W`` a transposed view of a contiguous ``Wᵀ``, MKL gets a plain
+    (not transposed) right-hand matrix, and its kernels for a few rows are faster that way on the CPUs measured here:
+    a decode step of the 116M benchmark model at 8 rows 60.8 → 51.5 ms, 12 rows 70.9 → 57.5 ms, 4 rows 48.1 →
+    44.9 ms, 1 row and prefills unchanged or slightly faster; the same tokens. Only with MKL (x86); the vision tower
+    (prefill only, many rows) is left as it is.
+    """
+    import torch
+
+    if not torch.backends.mkl.is_available():
+        return
+    visual = getattr(getattr(model, "model", None), "visual", None)
+    skip = {id(p) for p in visual.parameters()} if visual is not None else set()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and id(module.weight) not in skip:
+            weight = module.weight
+            if weight.is_contiguous():
+                weight.data = weight.data.t().contiguous().t()
 
 
 def _install_lm_head_fix(model: Any) -> None:
