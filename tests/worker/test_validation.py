@@ -74,3 +74,14 @@ def test_max_tokens_is_capped_and_defaults_are_filled():
         32, 0.7, 5, 0.8, 3)
     greedy = v.sampling(p.parse_client_message(json.dumps({**TEXT, "temperature": 0})))
     assert greedy.greedy and 0 <= greedy.seed < 2**63
+
+
+def test_interface_validation_and_server_layers_import_no_torch():
+    """The engine interface, the validator and the server/session layer load without torch (only engines do)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import inference_worker.engines.base, inference_worker.validation, "
+            "inference_worker.session, inference_worker.server; "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=__import__("pathlib").Path(__file__).parents[2])
