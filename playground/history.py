@@ -103,14 +103,17 @@ def next_id(records: list[RunRecord]) -> int:
 
 
 def chart_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
-    """One row per output that has timings: run, lane, adapter, time to first token, tokens/s."""
+    """One row per output that has timings: run, its mode, lane, adapter, queueing, time to first token (the worker's,
+    and after the queue), tokens/s."""
     rows = []
     for record in records:
         for out in record.outputs:
             if out.timings is None or out.timings.get("ttft_ms") is None:
                 continue
-            rows.append({"run": record.id, "lane": out.label, "adapter": out.adapter_label,
-                         "ttft_ms": out.timings["ttft_ms"], "tokens_per_s": out.timings.get("tokens_per_s")})
+            rows.append({"run": record.id, "mode": record.mode, "lane": out.label, "adapter": out.adapter_label,
+                         "queue_ms": out.timings.get("queue_ms"), "ttft_ms": out.timings["ttft_ms"],
+                         "first_token_ms": first_token_ms(out.timings),
+                         "tokens_per_s": out.timings.get("tokens_per_s")})
     return rows
 
 
