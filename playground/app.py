@@ -458,7 +458,8 @@ def run_tab(info: WorkerInfo, limits: dict[str, Any], params: Params, options: l
         elif image.mime is None:
             st.warning(f"{image.describe()}. This is not a PNG, JPEG or WebP file; the worker will refuse it.")
         else:
-            st.image(image.data, caption=image.describe(), width=320)
+            st.image(image.data, width=320)
+            st.caption(image.describe())
             if image.size > image_max:
                 st.warning(f"The image is larger than the worker's limit of {human_bytes(image_max)}.")
         st.text_area("Prompt", key="prompt", height=120)
