@@ -74,7 +74,7 @@ PAGE_CSS = """<style>
 </style>"""
 
 st.set_option("client.toolbarMode", "minimal")
-st.set_page_config(page_title="Diagram playground", page_icon="🧭", layout="wide")
+st.set_page_config(page_title="Diagram playground", page_icon=":material/account_tree:", layout="wide")
 st.html(PAGE_CSS)
 SETTINGS = PlaygroundSettings()
 # The worker's shared secret, when it has one (INFERENCE_AUTH_TOKEN); never shown in the page.
@@ -152,7 +152,7 @@ _SHORT = {"unreachable": "Unreachable", "timeout": "Not answering", "loading": "
 def render_status(info: WorkerInfo) -> None:
     """The sidebar's worker panel. When the worker cannot be asked, one short line: the page says the rest."""
     if info.error is not None:
-        st.error(_SHORT.get(info.error.code, f"Unavailable ({info.error.code})"), icon="⛔")
+        st.error(_SHORT.get(info.error.code, f"Unavailable ({info.error.code})"), icon=":material/error:")
         return
     assert info.status is not None
     render_worker_status(info.status)
@@ -162,7 +162,7 @@ def render_status(info: WorkerInfo) -> None:
 
 def render_worker_status(status: Status) -> None:
     if status.ready:
-        st.success("Ready", icon="✅")
+        st.success("Ready", icon=":material/check_circle:")
     else:
         st.warning("Not ready")
     st.markdown(
@@ -277,6 +277,7 @@ class OutputView:
     def __init__(self, key: str, out: Output, ab: bool) -> None:
         st.markdown(f"**{out.label} · {out.adapter_label}**" if ab else f"**{out.adapter_label}**")
         self.key = key
+        self.ab = ab
         self.load = st.empty()
         self.status = st.empty()
         self.box = st.empty()
@@ -307,7 +308,7 @@ class OutputView:
                 self.text.markdown(inert_markdown(out.text) + cursor)
         elif out.finished and out.status != "error":
             self.box.caption("(no text)")
-        if out.finished and out.timings is not None:
+        if out.finished and out.timings is not None and not self.ab:  # A/B: one table for both, below
             self.metrics.markdown(metrics_table([out]))
 
 
@@ -385,8 +386,8 @@ def render_comparison(a: Output, b: Output, key: str) -> None:
         ca, cb = st.columns(2)
         ca.markdown(f"**A continues:** {code_span(d.a_next) if d.a_next else '(it ends there)'}")
         cb.markdown(f"**B continues:** {code_span(d.b_next) if d.b_next else '(it ends there)'}")
-    with st.container(key=key):
-        st.caption("Word-level diff: A's words struck through, B's words highlighted.")
+    st.caption("Word-level diff: A's words struck through, B's words highlighted.")
+    with st.container(key=key, border=True, height=240):
         st.html(diff_html(word_diff(a.text, b.text)))
 
 
@@ -458,11 +459,11 @@ def run_tab(info: WorkerInfo, limits: dict[str, Any], params: Params, options: l
         elif image.mime is None:
             st.warning(f"{image.describe()}. This is not a PNG, JPEG or WebP file; the worker will refuse it.")
         else:
-            st.image(image.data, width=320)
+            st.image(image.data, width=240)
             st.caption(image.describe())
             if image.size > image_max:
                 st.warning(f"The image is larger than the worker's limit of {human_bytes(image_max)}.")
-        st.text_area("Prompt", key="prompt", height=120)
+        st.text_area("Prompt", key="prompt", height=100)
         st.text_area("System prompt", key="system_prompt", height=68, help="leave empty for none")
         mode = st.radio("Mode", [SINGLE, AB], key="mode", horizontal=True,
                         help="A/B: two adapters (or an adapter and the base model) on the same image, prompt, "
@@ -636,7 +637,7 @@ def describe_evaluation(found: Evaluation, slot: Any) -> None:
 
 def render_evaluation(found: Evaluation) -> None:
     summary = summarize(found)
-    e1, e2, _ = st.columns([1, 1, 2])
+    e1, e2, _ = st.columns([1, 1, 1])
     e1.download_button("Export JSON Lines", evaluation_lib.to_jsonl(found, summary),
                        file_name=f"evaluation-{found.id}.jsonl", mime="application/jsonl", key="eval_jsonl",
                        on_click="ignore", width="stretch")
@@ -969,7 +970,7 @@ def facts(name: str) -> str:
     return adapter_facts(name, adapters, model_name)
 
 
-st.title("Diagram playground")
+st.markdown("### Diagram playground")
 shown: set[str] = set()  # notices already on the page (each is shown once)
 if info.error is not None:
     level, text = explain(info.error, info.url)
