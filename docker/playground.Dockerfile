@@ -12,9 +12,12 @@ COPY requirements/base.txt requirements/playground.txt requirements/
 RUN pip install -r requirements/playground.txt
 COPY inference_worker/__init__.py inference_worker/errors.py inference_worker/images.py inference_worker/protocol.py inference_worker/
 COPY playground/ playground/
+# The history (SQLite): a volume in docker-compose.yml; the directory belongs to the user the app runs as.
+RUN mkdir -p /data/playground && chown playground /data/playground
 
 USER playground
-ENV INFERENCE_WS_URL=ws://inference-worker:8765
+ENV INFERENCE_WS_URL=ws://inference-worker:8765 \
+    PLAYGROUND_HISTORY_DIR=/data/playground
 EXPOSE 8501
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4).status != 200)"]

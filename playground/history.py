@@ -16,6 +16,8 @@ from .diff import Divergence, describe_divergence
 
 Status = Literal["pending", "loading", "streaming", "done", "stopped", "error"]
 FINISHED: tuple[Status, ...] = ("done", "stopped", "error")
+# A person's judgement of an A/B pair.
+VERDICTS = {"a": "A better", "b": "B better", "tie": "tie", "both_wrong": "both wrong"}
 EXPORT_VERSION = 1
 
 
@@ -63,6 +65,14 @@ class RunRecord:
     image: dict[str, Any] | None = None  # name, mime, bytes, width, height, sha256, thumbnail (data URL)
     comparison: dict[str, Any] | None = None  # diff.compare() of A and B, when both produced text
     started_at: str = field(default_factory=now_iso)
+    verdict: str | None = None  # A/B: a person's judgement, one of VERDICTS
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        """The record :meth:`to_dict` wrote (the derived ``status`` is dropped)."""
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["outputs"] = [Output(**o) for o in data.get("outputs", [])]
+        return cls(**fields)
 
     @property
     def status(self) -> str:
@@ -77,6 +87,13 @@ class RunRecord:
         return {**asdict(self), "status": self.status}
 
 
+def first_token_ms(timings: dict[str, float | None] | None) -> float | None:
+    """The time the request itself took to its first token: the worker's ``ttft_ms`` less its queueing."""
+    if not timings or timings.get("ttft_ms") is None:
+        return None
+    return round(float(timings["ttft_ms"] or 0.0) - float(timings.get("queue_ms") or 0.0), 2)
+
+
 def next_id(records: list[RunRecord]) -> int:
     return max((r.id for r in records), default=0) + 1
 
@@ -86,14 +103,17 @@ def next_id(records: list[RunRecord]) -> int:
 
 
 def chart_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
-    """One row per output that has timings: run, lane, adapter, time to first token, tokens/s."""
+    """One row per output that has timings: run, its mode, lane, adapter, queueing, time to first token (the worker's,
+    and after the queue), tokens/s."""
     rows = []
     for record in records:
         for out in record.outputs:
             if out.timings is None or out.timings.get("ttft_ms") is None:
                 continue
-            rows.append({"run": record.id, "lane": out.label, "adapter": out.adapter_label,
-                         "ttft_ms": out.timings["ttft_ms"], "tokens_per_s": out.timings.get("tokens_per_s")})
+            rows.append({"run": record.id, "mode": record.mode, "lane": out.label, "adapter": out.adapter_label,
+                         "queue_ms": out.timings.get("queue_ms"), "ttft_ms": out.timings["ttft_ms"],
+                         "first_token_ms": first_token_ms(out.timings),
+                         "tokens_per_s": out.timings.get("tokens_per_s")})
     return rows
 
 
@@ -153,7 +173,7 @@ def _run_markdown(r: RunRecord) -> list[str]:
             lines += [f"Error `{o.error['code']}`"
                       + (" (retryable)" if o.error.get("retryable") else "") + f": {o.error['message']}", ""]
         if o.text or not o.error:
-            fence = "`" * max(3, _longest_backtick_run(o.text) + 1)
+            fence = "`" * max(3, longest_backtick_run(o.text) + 1)
             lines += [fence + "text", o.text, fence, ""]
     if r.comparison:
         c = r.comparison
@@ -188,10 +208,10 @@ def code_span(text: str) -> str:
     if not text:
         return "(nothing)"
     text = text.replace("\n", " ")
-    ticks = "`" * (_longest_backtick_run(text) + 1)
+    ticks = "`" * (longest_backtick_run(text) + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{ticks}{pad}{text}{pad}{ticks}"
 
 
-def _longest_backtick_run(text: str) -> int:
+def longest_backtick_run(text: str) -> int:
     return max((len(m) for m in re.findall(r"`+", text)), default=0)

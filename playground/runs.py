@@ -23,6 +23,15 @@ from .client import PlaygroundError, WorkerClient, new_session_id
 from .diff import compare
 from .history import Output, RunRecord
 
+DEFAULT_SYSTEM_PROMPT = (
+    "You read business process diagrams (BPMN, flowcharts, swim-lane diagrams) and describe exactly what they show. "
+    "Do not invent steps that are not in the diagram."
+)
+DEFAULT_PROMPT = (
+    "Describe this process diagram as a Markdown table with one row per step, in the order the process runs. "
+    "Columns: Step (number), Activity, Role (the lane or actor who does it), Next (the step or steps that follow; "
+    "for a decision, the condition of each branch). After the table, name the start and end events."
+)
 BASE_MODEL = "(base model)"  # the picker's entry for no adapter (adapter names cannot contain spaces or parens)
 
 
@@ -46,9 +55,10 @@ class Params:
 class Event:
     """Something the UI may want to show. The state itself is in the outputs; events say which one changed."""
 
-    kind: Literal["progress", "loaded", "streaming", "token", "end", "tick"]
+    kind: Literal["progress", "loaded", "streaming", "token", "end", "tick", "status"]
     lane: int | None = None
-    detail: Any = None  # AdapterProgress / AdapterLoaded for progress / loaded; seconds since the start for tick
+    # AdapterProgress / AdapterLoaded for progress / loaded; seconds since the start for tick; Status for status
+    detail: Any = None
 
 
 async def run_outputs(
@@ -61,14 +71,20 @@ async def run_outputs(
     on_events: Callable[[list[Event]], object] = lambda events: None,
     tick_s: float = 0.2,
     stop_grace_s: float = 3.0,
+    status_every_s: float | None = None,
 ) -> None:
-    """Run every output concurrently on ``client``; returns when all have finished (done, stopped or error)."""
+    """Run every output concurrently on ``client``; returns when all have finished (done, stopped or error).
+
+    With ``status_every_s``, the worker's status is asked for on the same connection from the first token on (then
+    at that interval) and delivered as ``status`` events, so a status panel shows the run while it streams.
+    """
     queue: asyncio.Queue[Event] = asyncio.Queue()
     sessions = [new_session_id() for _ in outputs]
     tasks = [
         asyncio.create_task(_run_output(client, i, out, sessions[i], messages, params, system_prompt, queue))
         for i, out in enumerate(outputs)
     ]
+    poller: asyncio.Task[None] | None = None
     started = time.monotonic()
     finished = False
     try:
@@ -79,11 +95,28 @@ async def run_outputs(
                 batch = [Event("tick", detail=time.monotonic() - started)]
             while not queue.empty():
                 batch.append(queue.get_nowait())
+            if poller is None and status_every_s is not None and any(e.kind == "token" for e in batch):
+                poller = asyncio.create_task(_poll_status(client, queue, status_every_s, tasks))
             on_events(batch)
         finished = True
     finally:
+        if poller is not None:
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
         if not finished:
             await _stop(client, tasks, sessions, outputs, stop_grace_s)
+
+
+async def _poll_status(client: WorkerClient, queue: asyncio.Queue[Event], every_s: float,
+                       tasks: list[asyncio.Task[None]]) -> None:
+    while not all(t.done() for t in tasks):
+        try:
+            status = await client.status()
+        except PlaygroundError:
+            return
+        if not all(t.done() for t in tasks):  # a status taken after the end would say nothing about the run
+            queue.put_nowait(Event("status", detail=status))
+        await asyncio.sleep(every_s)
 
 
 async def _run_output(client: WorkerClient, i: int, out: Output, session_id: str, messages: Sequence[dict[str, Any]],

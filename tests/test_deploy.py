@@ -55,6 +55,8 @@ def test_the_stack_has_the_four_services_wired():
     playground = s["playground"]
     assert playground["depends_on"]["inference-worker"]["condition"] == "service_healthy"
     assert playground["environment"]["INFERENCE_WS_URL"] == "ws://inference-worker:8765"
+    assert f"playground-history:{playground['environment']['PLAYGROUND_HISTORY_DIR']}" in " ".join(
+        v.split("   ")[0] for v in playground["volumes"])  # the history is a named volume
     gpu = yaml.safe_load(GPU.read_text())["services"]["inference-worker"]
     assert gpu["environment"]["DEVICE"] == "cuda"
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,9 +16,11 @@ from typing import Any
 
 import pytest
 
+from playground.store import HistoryStore
+
 from ..conftest import OUTPUT_DIR
 from ..helpers import Client
-from .conftest import APP, ROOT, free_port, png_bytes
+from .conftest import APP, ROOT, diagram_set, free_port, png_bytes
 
 pytestmark = pytest.mark.browser
 
@@ -40,15 +43,13 @@ RECORDER = """() => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def app_url(worker, tmp_path_factory) -> Iterator[str]:
-    """`streamlit run playground/app.py` as a subprocess, pointed at the module's worker."""
-    if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is not installed (apt-get install chromium)")
+@contextlib.contextmanager
+def streamlit_app(worker_url: str, history: Path, home: Path, name: str) -> Iterator[str]:
+    """`streamlit run playground/app.py` as a subprocess, pointed at a worker and a history directory."""
     port = free_port()
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-    log_path = OUTPUT_DIR / "playground-streamlit.log"
-    env = {**os.environ, "INFERENCE_WS_URL": worker.url, "HOME": str(tmp_path_factory.mktemp("home"))}
+    log_path = OUTPUT_DIR / f"playground-streamlit-{name}.log"
+    env = {**os.environ, "INFERENCE_WS_URL": worker_url, "HOME": str(home), "PLAYGROUND_HISTORY_DIR": str(history)}
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", "127.0.0.1",
@@ -77,6 +78,20 @@ def app_url(worker, tmp_path_factory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory) -> Path:
+    """The module's history directory: the restart test opens a second playground on it."""
+    return tmp_path_factory.mktemp("browser-history")
+
+
+@pytest.fixture(scope="module")
+def app_url(worker, history, tmp_path_factory) -> Iterator[str]:
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is not installed (apt-get install chromium)")
+    with streamlit_app(worker.url, history, tmp_path_factory.mktemp("home"), "first") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -123,12 +138,23 @@ def screenshot(page: Any, path: Path) -> None:
     page.screenshot(path=str(path), full_page=True)
 
 
-def test_upload_generate_and_compare_in_a_browser(browser, app_url, tmp_path, output_dir):
-    """Upload a diagram, watch the answer stream in, run an A/B comparison, export it; screenshot the result."""
+def open_tab(page: Any, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def main_height(page: Any) -> int:
+    return int(page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight"))
+
+
+def test_upload_generate_and_compare_in_a_browser(browser, app_url, history, tmp_path, output_dir):
+    """Upload a diagram, watch the answer stream beside the controls, run an A/B comparison, export it."""
     page = open_page(browser, app_url)
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    uploader = page.locator(".st-key-upload-0")
+    uploader.get_by_text(re.compile(r"^10MB per file")).wait_for()  # the worker's IMAGE_MAX_BYTES, not 200MB
     diagram = tmp_path / "diagram.png"
     diagram.write_bytes(png_bytes())
-    page.locator("input[type=file]").set_input_files(str(diagram))
+    uploader.locator("input[type=file]").set_input_files(str(diagram))
     page.get_by_text("diagram.png: PNG, 320×240 px").wait_for()
     set_max_tokens(page, 256)
 
@@ -139,30 +165,39 @@ def test_upload_generate_and_compare_in_a_browser(browser, app_url, tmp_path, ou
     streaming = [t for t in seen if t.endswith("▌")]
     assert len({len(t) for t in streaming}) >= 2, f"the text did not grow while streaming: {seen[:5]}"
     page.wait_for_function("() => !document.querySelector('.st-key-lane-0').innerText.endsWith('▌')")
-    assert len(page.locator(".st-key-lane-0").inner_text()) >= len(streaming[-1]) - 1  # all of it, no cursor
+    final = page.locator(".st-key-lane-0").inner_text()
+    assert len(final) >= len(streaming[-1].removesuffix("▌").rstrip())  # all of it, without the cursor
+    generate_box = page.get_by_role("button", name="Generate").bounding_box()
+    lane_box = page.locator(".st-key-lane-0").bounding_box()
+    assert lane_box["x"] > generate_box["x"] + generate_box["width"]  # the stream is beside the controls
+    assert lane_box["y"] < 1000  # and visible without scrolling
 
     page.get_by_text("A/B", exact=True).click()
     page.get_by_role("button", name="Compare A/B").wait_for()
     page.evaluate(RECORDER)
     page.get_by_role("button", name="Compare A/B").click()
-    page.get_by_role("heading", name="Comparison").wait_for()
+    page.get_by_text(re.compile(r"^Comparison\. A \(demo-a\) and B \(demo-b\) ")).wait_for()
     both_streaming = [s for s in snapshots(page) if s[0] and s[1] and s[0].endswith("▌") and s[1].endswith("▌")]
     assert both_streaming, "A and B never streamed at the same time"
-    page.get_by_text(re.compile(r"^A \(demo-a\) and B \(demo-b\) ")).wait_for()
     page.locator(".ab-diff").wait_for()
-
-    with page.expect_download() as download:
-        page.get_by_role("button", name="Export JSON").click()
-    document = json.loads(Path(download.value.path()).read_text())
-    assert [(r["id"], r["mode"], r["status"]) for r in document["runs"]] == [(1, "single", "done"), (2, "ab", "done")]
-    assert document["runs"][1]["comparison"]["words"]["a"] > 0
-    assert document["runs"][0]["image"]["name"] == "diagram.png"
+    assert main_height(page) < 2400, "the Run tab is one long scroll"
     screenshot(page, output_dir / "playground-ab.png")
+
+    open_tab(page, "History")
+    single, ab = HistoryStore(history).runs()[-2:]
+    page.get_by_text(f"Run {ab.id} · A/B · demo-a vs demo-b · diagram.png · done").wait_for()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Export runs as JSON").click()
+    document = json.loads(Path(download.value.path()).read_text())
+    assert [(r["id"], r["mode"], r["status"]) for r in document["runs"][-2:]] == [(single.id, "single", "done"),
+                                                                                  (ab.id, "ab", "done")]
+    assert document["runs"][-1]["comparison"]["words"]["a"] > 0
+    assert document["runs"][-2]["image"]["name"] == "diagram.png"
     page.close()
 
 
-def test_stop_cancels_and_keeps_the_partial_output(browser, app_url, worker, output_dir):
-    """Stop during a long generation: the worker stops, the partial text stays on the page and in the history."""
+def test_stop_cancels_and_keeps_the_partial_output(browser, app_url, worker, history, output_dir):
+    """While streaming: one Stop button, no Deploy, a live status; Stop keeps the partial text in the history."""
     page = open_page(browser, app_url)
     page.get_by_role("button", name="Use a sample diagram").click()
     page.get_by_text("sample-order-process.png: PNG").wait_for()
@@ -170,12 +205,78 @@ def test_stop_cancels_and_keeps_the_partial_output(browser, app_url, worker, out
     page.get_by_role("button", name="Generate").click()
     page.get_by_text("streaming…").wait_for()
     page.wait_for_function("() => (document.querySelector('.st-key-lane-0') || {innerText: ''}).innerText.length > 20")
-    page.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Stop", exact=True).click()
+    page.locator("[data-testid='stSidebar']").get_by_text(re.compile(r"Running [1-9]\d* of \d+")).wait_for()
+    assert page.get_by_role("button", name="Stop", exact=True).count() == 1  # Streamlit's own Stop is hidden
+    assert page.get_by_role("button", name="Deploy").count() == 0
+    page.get_by_role("button", name="Stop", exact=True).click()
     page.get_by_text("Stopped. The text produced until then is kept in the history.").wait_for()
-    page.get_by_text(re.compile(r"Run 1 · single · base model · stopped · ")).wait_for()  # the history, below
     assert page.locator(".st-key-lane-0").inner_text().strip()
     page.get_by_role("cell", name="cancelled").first.wait_for()
     with Client(worker.url) as client:
         assert client.request({"type": "status"}, "status")["running"] == 0
+    open_tab(page, "History")
+    stopped = HistoryStore(history).runs()[-1]
+    assert (stopped.status, stopped.outputs[0].finish_reason) == ("stopped", "cancelled")
+    page.get_by_text(f"Run {stopped.id} · single · base model · sample-order-process.png · stopped · ").wait_for()
     screenshot(page, output_dir / "playground-stopped.png")
     page.close()
+
+
+def test_set_evaluation_with_stop_resume_verdicts_and_export(browser, app_url, tmp_path, output_dir):
+    """A zip of 5 diagrams with references: progress, Stop in the middle, Resume, a verdict by keyboard, exports."""
+    page = open_page(browser, app_url)
+    set_max_tokens(page, 384)
+    open_tab(page, "Evaluate a set")
+    archive = tmp_path / "set.zip"
+    archive.write_bytes(diagram_set(5))
+    page.locator(".st-key-eval_upload-0 input[type=file]").set_input_files(str(archive))
+    page.get_by_text("5 diagrams, 5 with a reference").wait_for()
+    page.get_by_role("button", name="Run the evaluation").click()
+    page.get_by_text(re.compile(r"^Item 2 of 5")).wait_for()
+    page.get_by_role("button", name="Stop", exact=True).click()
+    page.get_by_text(re.compile(r"^[1-4] of 5 items done · interrupted$")).wait_for()  # where Stop landed
+    page.get_by_role("button", name=re.compile(r"^Resume \([1-4] items to run\)")).click()
+    page.get_by_text("5 of 5 items done · done").wait_for(timeout=180_000)
+    page.get_by_text("Item 1 of 5").wait_for()
+    page.locator("body").press("a")  # the "A better" button's shortcut
+    page.get_by_text(re.compile(r"^Item 2 of 5")).wait_for()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Export JSON Lines").click()
+    lines = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
+    assert [line["type"] for line in lines] == ["evaluation"] + ["item"] * 5
+    assert lines[0]["status"] == "done" and lines[0]["summary"]["verdicts"]["a"] == 1
+    assert all(line["scores"]["A"]["chrf"] is not None for line in lines[1:])
+    screenshot(page, output_dir / "playground-evaluation.png")
+    page.get_by_role("tab", name="Scores").click()
+    page.get_by_text("chrF A − B per item").wait_for()
+    screenshot(page, output_dir / "playground-evaluation-scores.png")
+    page.close()
+
+
+def test_history_survives_a_restart_of_the_playground(browser, app_url, worker, history, tmp_path, output_dir):
+    """A second playground on the same history directory lists what the first recorded and repeats a run."""
+    page = open_page(browser, app_url)
+    page.get_by_role("button", name="Use a sample diagram").click()
+    page.get_by_text("sample-order-process.png: PNG").wait_for()
+    set_max_tokens(page, 12)
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text(re.compile(r"^done \((length|stop)\)$")).wait_for()
+    page.close()
+    entries = HistoryStore(history).list_entries()
+    latest = entries[0]
+    with streamlit_app(worker.url, history, tmp_path, "restarted") as restarted:
+        page = open_page(browser, restarted)
+        open_tab(page, "History")
+        for entry in entries[:8]:
+            kind = "Run" if entry.kind == "run" else "Evaluation"
+            page.get_by_text(f"{kind} {entry.id} · {entry.title} · {entry.status} · {entry.created_at}").wait_for()
+        page.get_by_text(f"Run {latest.id} · {latest.title}").click()
+        page.get_by_role("button", name="Repeat (same seed)").first.wait_for()
+        screenshot(page, output_dir / "playground-history.png")
+        page.get_by_role("button", name="Repeat (same seed)").first.click()
+        open_tab(page, "Run")
+        page.get_by_text(re.compile(rf"^Run {latest.id + 1} · single · \d{{4}}-")).wait_for()
+        page.get_by_text(re.compile(r"^done \((length|stop)\)$")).wait_for()
+        page.close()
+    original, repeated = HistoryStore(history).runs([latest.id, latest.id + 1])
+    assert repeated.settings == original.settings and repeated.outputs[0].text == original.outputs[0].text

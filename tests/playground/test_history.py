@@ -58,12 +58,20 @@ def test_has_text():
 
 
 def test_chart_rows_skip_outputs_without_timings():
-    """One row per output with a time to first token; failed runs add none."""
+    """One row per output with a time to first token (the worker's, and after the queue); failed runs add none."""
+    timing = {"queue_ms": 1.0, "ttft_ms": 12.5, "first_token_ms": 11.5, "tokens_per_s": 100.0}
     assert chart_rows([single(), ab(), failed()]) == [
-        {"run": 1, "lane": "output", "adapter": "demo-a", "ttft_ms": 12.5, "tokens_per_s": 100.0},
-        {"run": 2, "lane": "A", "adapter": "demo-a", "ttft_ms": 12.5, "tokens_per_s": 100.0},
-        {"run": 2, "lane": "B", "adapter": "base model", "ttft_ms": 12.5, "tokens_per_s": 100.0},
+        {"run": 1, "mode": "single", "lane": "output", "adapter": "demo-a", **timing},
+        {"run": 2, "mode": "ab", "lane": "A", "adapter": "demo-a", **timing},
+        {"run": 2, "mode": "ab", "lane": "B", "adapter": "base model", **timing},
     ]
+
+
+def test_records_round_trip_through_their_dict():
+    """from_dict(to_dict()) gives the record back (the history on disk keeps records this way)."""
+    for record in (single(), ab(), failed()):
+        record.verdict = "tie"
+        assert RunRecord.from_dict(json.loads(json.dumps(record.to_dict()))) == record
 
 
 def test_json_export_keeps_everything():

@@ -64,6 +64,19 @@ async def test_an_interrupted_run_cancels_and_records_the_partial_output(worker,
     assert status.running == 0
 
 
+async def test_the_workers_status_is_polled_while_the_outputs_stream(worker, png):
+    """With status_every_s, status events come from the first token on and show the run's rows as running."""
+    outputs = [Output("A", "demo-a"), Output("B", None)]
+    events: list[Event] = []
+    async with WorkerClient(worker.url) as client:
+        await run_outputs(client, outputs, [user_message(PROMPT, image=png)], Params(temperature=0.0, max_tokens=256),
+                          on_events=events.extend, status_every_s=0.05)
+    statuses = [e.detail for e in events if e.kind == "status"]
+    assert statuses and statuses[0].running >= 1
+    first_token = next(i for i, e in enumerate(events) if e.kind == "token")
+    assert all(e.kind != "status" for e in events[:first_token])
+
+
 async def test_an_unreachable_worker_fails_every_output(down_url):
     """Nothing listening: every output ends as an error with the unreachable code."""
     outputs = [Output("A", "demo-a"), Output("B", None)]

@@ -37,7 +37,7 @@ def playground_imports() -> list[str]:
     return sorted(names - {"__future__"})
 
 
-def test_playground_and_its_app_never_import_torch():
+def test_playground_and_its_app_never_import_torch(history_dir):
     """Importing every playground dependency and running the app loads no torch, transformers or PEFT."""
     modules = playground_imports()
     expected = {"playground.client", "playground.runs", "inference_worker.protocol", "streamlit",
@@ -46,7 +46,8 @@ def test_playground_and_its_app_never_import_torch():
     env_url = f"ws://127.0.0.1:{free_port()}"
     result = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps(modules), str(APP), json.dumps(HEAVY)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env={"INFERENCE_WS_URL": env_url, "PATH": "/usr/bin"},
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={"INFERENCE_WS_URL": env_url, "PATH": "/usr/bin", "PLAYGROUND_HISTORY_DIR": str(history_dir)},
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
