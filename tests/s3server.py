@@ -2,10 +2,16 @@
 
 It runs with credentials (without a credentials file SeaweedFS silently turns authentication off), on free ports,
 and can be stopped and started again on the same data and port to simulate an outage.
+
+Ready means ready for data, not just ``/healthz``: after a restart SeaweedFS answers ``/healthz`` (and lists buckets)
+before its volume server has registered with the master, and for a second or more every GET of an object stored
+before the restart is ``InternalError`` ("volume N not found"). :meth:`SeaweedS3.start` waits until an object of
+every bucket can be read and a new one written.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -19,6 +25,7 @@ from pathlib import Path
 
 ACCESS_KEY = "test-access-key"
 SECRET_KEY = "test-secret-key-0123456789"
+PROBE_BUCKET = "readiness-probe"
 
 
 def weed_binary() -> str:
@@ -83,17 +90,44 @@ class SeaweedS3:
         self.proc = subprocess.Popen(args, cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout
+        last_error = "no answer"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(f"http://{self.endpoint}/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
+                    r.read()
+                self._probe_data()
+                return self
+            except Exception as exc:  # not up yet, or up without its volumes
+                last_error = f"{type(exc).__name__}: {exc}"
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"weed did not become healthy in {timeout}s:\n{self.log.read_text()[-3000:]}")
+        raise RuntimeError(f"weed was not ready for data in {timeout}s ({last_error}):\n"
+                           f"{self.log.read_text()[-3000:]}")
+
+    def _probe_data(self) -> None:
+        """Raise unless data stored before a restart can be read and new data written."""
+        import urllib3
+        from minio import Minio
+
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=5), retries=False)
+        client = Minio(self.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False, http_client=http)
+        try:
+            for bucket in client.list_buckets():
+                for obj in client.list_objects(bucket.name, recursive=True):
+                    response = client.get_object(bucket.name, obj.object_name or "")
+                    try:
+                        response.read()
+                    finally:
+                        response.close()
+                        response.release_conn()
+                    break  # one object per bucket: each bucket is its own collection of volumes
+            if not client.bucket_exists(PROBE_BUCKET):
+                client.make_bucket(PROBE_BUCKET)
+            client.put_object(PROBE_BUCKET, f"probe-{time.time_ns()}", io.BytesIO(b"ok"), 2)
+        finally:
+            http.clear()
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

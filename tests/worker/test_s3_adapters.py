@@ -166,14 +166,16 @@ def test_wrong_credentials_and_missing_bucket(demo, adapter_root, s3, tmp_path, 
         assert err["code"] == "store_unavailable"
 
 
-def test_store_outage_mid_session(s3_worker, s3, demo, publisher):
+def test_store_outage_mid_session(s3_worker, s3, demo, publisher, tmp_path):
     """S3 stops: loaded adapters and the base keep serving, /health stays 200, new loads are store_unavailable
     (retryable); when it is back, loads work again."""
     if s3.server is None:
         pytest.skip("an external S3 server cannot be stopped by the tests")
-    publisher.publish("outage", demo.store_dir / "demo-b")
+    # Adapters of its own (digests no other test loads), so that this test stands alone and in any order.
+    publisher.publish("in-memory", edit_config(copy_adapter(demo.store_dir / "demo-a", tmp_path / "m"), lora_alpha=5))
+    publisher.publish("outage", edit_config(copy_adapter(demo.store_dir / "demo-b", tmp_path / "o"), lora_alpha=6))
     with Client(s3_worker.url) as c:
-        assert c.load("bpmn")["type"] == "adapter_loaded"
+        assert c.load("in-memory")["type"] == "adapter_loaded"
         before = c.generate(**greedy(max_tokens=24)).terminal["content"]
         s3.server.stop()
         try:
@@ -182,10 +184,11 @@ def test_store_outage_mid_session(s3_worker, s3, demo, publisher):
             assert c.request({"type": "list_adapters"}, "error")["code"] == "store_unavailable"
             assert c.generate(**greedy(max_tokens=24)).terminal["content"] == before
             assert c.generate(**greedy(max_tokens=5), adapter=None).terminal["type"] == "done"
-            stale = c.load("bpmn")
+            stale = c.load("in-memory")
             assert stale["type"] == "adapter_loaded", "an adapter in memory is still served"
             with urllib.request.urlopen(s3_worker.http + "/health", timeout=5) as r:
                 assert r.status == 200 and json.loads(r.read())["status"] == "ok"
         finally:
             s3.server.start()
-        assert c.load("outage")["type"] == "adapter_loaded"
+        back = c.load("outage")
+        assert back["type"] == "adapter_loaded" and back["cached"] is False, back
