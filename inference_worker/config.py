@@ -130,6 +130,12 @@ class Settings(StoreSettings):
     max_chat_messages: int = Field(
         256, ge=1, validation_alias=_env("MAX_CHAT_MESSAGES"), description="Chat messages per request."
     )
+    max_content_parts: int = Field(
+        256,
+        ge=1,
+        validation_alias=_env("MAX_CONTENT_PARTS"),
+        description="Content parts (text and image) per request, all messages together.",
+    )
 
     # ---- messages and images -----------------------------------------------------------------------------------
     max_message_bytes: int = Field(
@@ -137,6 +143,13 @@ class Settings(StoreSettings):
         ge=1024,
         validation_alias=_env("MAX_MESSAGE_BYTES"),
         description="Largest WebSocket frame; a bigger one closes the connection with 1009.",
+    )
+    max_frame_json_items: int = Field(
+        65536,
+        ge=1024,
+        validation_alias=_env("MAX_FRAME_JSON_ITEMS"),
+        description="A frame with more '{', '[' and ',' characters (strings included) is refused before parsing; "
+        "a valid request has a few thousand at most.",
     )
     max_images_per_request: int = Field(
         4, ge=0, validation_alias=_env("MAX_IMAGES_PER_REQUEST"), description="Images in one generate."
@@ -209,6 +222,8 @@ class Settings(StoreSettings):
             max_stop_length=self.max_stop_length,
             max_images_per_request=self.max_images_per_request,
             max_messages=self.max_chat_messages,
+            max_content_parts=self.max_content_parts,
+            max_frame_json_items=self.max_frame_json_items,
         )
 
     def image_limits(self) -> ImageLimits:
