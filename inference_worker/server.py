@@ -26,6 +26,7 @@ from .service import Service
 from .session import Session
 
 log = logging.getLogger(__name__)
+_READ_CHUNK_BYTES = 16 * 1024  # the most read from one socket per event-loop callback (see _handle)
 
 
 def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
@@ -117,6 +118,11 @@ class WorkerServer:
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
+        # asyncio reads up to 256 KiB per callback and websockets parses every frame in it at once: 12,000 small
+        # frames (~0.1 s), or 16 compressed frames that inflate to 16 MiB each. A smaller read bounds what one
+        # callback can cost; a 16 MiB frame still arrives in ~30 ms.
+        if hasattr(ws.transport, "max_size"):  # asyncio's socket transports
+            ws.transport.max_size = _READ_CHUNK_BYTES
         await Session(self.service, ws).run()
 
     # ---- shutdown --------------------------------------------------------------------------------------------

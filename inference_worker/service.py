@@ -111,6 +111,9 @@ class Service:
         # Sized once the device is known (see concurrency_for); no request is admitted before that.
         self.admission = Admission(1, settings.max_queue_size, self.metrics)
         self.generate_pool = ThreadPoolExecutor(1, thread_name_prefix="generate")
+        # One thread parses large frames for every connection, in turn: off the event loop, and at most one
+        # large frame's parsed copy in memory at a time.
+        self.parse_pool = ThreadPoolExecutor(1, thread_name_prefix="parse")
         self.sessions: set[Session] = set()
         self.engine: Engine | None = None
         self.registry: AdapterRegistry | None = None
@@ -275,5 +278,6 @@ class Service:
 
     def close(self) -> None:
         self.generate_pool.shutdown(wait=False, cancel_futures=True)
+        self.parse_pool.shutdown(wait=False, cancel_futures=True)
         if self.registry is not None:
             self.registry.close()
