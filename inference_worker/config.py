@@ -78,6 +78,25 @@ class Settings(StoreSettings):
         validation_alias=_env("INFERENCE_AUTH_TOKEN"),
         description="Shared secret; when set, clients must send it (Authorization: Bearer, or ?token=).",
     )
+    max_connections: int = Field(
+        32,
+        ge=1,
+        validation_alias=_env("MAX_CONNECTIONS"),
+        description="Open WebSocket connections; beyond, handshakes get HTTP 503. Bounds the worker's total memory "
+        "for connections (README, Security).",
+    )
+    ws_max_queue: int = Field(
+        1,
+        ge=0,
+        validation_alias=_env("WS_MAX_QUEUE"),
+        description="Received frames buffered per connection before the worker stops reading from it.",
+    )
+    ws_compression: bool = Field(
+        False,
+        validation_alias=_env("WS_COMPRESSION"),
+        description="Offer permessage-deflate. Off: a compressed frame can inflate ~1000x, and raises the memory "
+        "one connection can cost (README, Security).",
+    )
 
     # ---- adapters ----------------------------------------------------------------------------------------------
     default_adapter: str | None = Field(

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
+from websockets.datastructures import Headers, MultipleValuesError
 from websockets.http11 import Request, Response
 
 from .config import Settings
@@ -62,6 +62,8 @@ class WorkerServer:
             s.port,
             process_request=self._process_request,
             max_size=s.max_message_bytes,
+            max_queue=s.ws_max_queue,
+            compression="deflate" if s.ws_compression else None,
             ping_interval=s.ws_ping_interval_s,
             ping_timeout=s.ws_ping_timeout_s,
             server_header="inference-worker",
@@ -96,6 +98,16 @@ class WorkerServer:
         return hmac.compare_digest(given.encode(), expected)
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        # No await in here: websockets then sends the response without yielding, so the connection count checked
+        # below cannot be raced past by concurrent handshakes.
+        try:
+            return self._route(request)
+        except MultipleValuesError as exc:  # e.g. two Authorization or Upgrade headers: a client error, not ours
+            header = str(exc.args[0]) if exc.args else "?"
+            log.info("refused a request from %s: duplicate %s header", _peer(connection), header)
+            return _json(HTTPStatus.BAD_REQUEST, {"error": "bad_request", "message": f"duplicate {header} header"})
+
+    def _route(self, request: Request) -> Response | None:
         path = urlsplit(request.path).path
         service = self.service
         if path == "/health":
@@ -115,6 +127,11 @@ class WorkerServer:
             return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "shutting_down"})
         if not service.ready:
             return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "loading", "message": "the model is loading"})
+        assert self.server is not None
+        if len(self.server.connections) >= self.settings.max_connections:
+            return _json(HTTPStatus.SERVICE_UNAVAILABLE, {
+                "error": "too_many_connections",
+                "message": f"{self.settings.max_connections} connections are open (MAX_CONNECTIONS); retry later"})
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -173,3 +190,10 @@ async def run(settings: Settings) -> int:
     await stop.wait()
     await worker.stop()
     return 0
+
+
+def _peer(connection: ServerConnection) -> str:
+    with contextlib.suppress(Exception):
+        host, port = connection.remote_address[:2]
+        return f"{host}:{port}"
+    return "?"
