@@ -34,6 +34,10 @@ class LocalDirectoryStore(AdapterStore):
     def _dir(self, name: str) -> Path:
         return self.root / check_name(name)
 
+    def _not_found(self, name: str) -> AdapterNotFound:
+        # Clients are told the name; the directory is the server's layout, for the log and the CLI only.
+        return AdapterNotFound(f"adapter {name!r} is not in the adapter store", detail=self.describe())
+
     def list(self) -> list[Manifest]:
         if not self.root.is_dir():
             return []
@@ -49,7 +53,7 @@ class LocalDirectoryStore(AdapterStore):
     def manifest(self, name: str) -> Manifest:
         directory = self._dir(name)
         if not directory.is_dir():
-            raise AdapterNotFound(f"adapter {name!r} is not in the store ({self.describe()})")
+            raise self._not_found(name)
         manifest_path = directory / MANIFEST_FILE
         if manifest_path.is_file():
             manifest = Manifest.from_json(manifest_path.read_bytes())
@@ -110,7 +114,7 @@ class LocalDirectoryStore(AdapterStore):
     def remove(self, name: str) -> None:
         target = self._dir(name)
         if not target.is_dir():
-            raise AdapterNotFound(f"adapter {name!r} is not in the store ({self.describe()})")
+            raise self._not_found(name)
         trash = Path(tempfile.mkdtemp(prefix=".trash-", dir=self.root))
         os.replace(target, trash / name)
         shutil.rmtree(trash, ignore_errors=True)

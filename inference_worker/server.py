@@ -39,6 +39,34 @@ def _json(status: HTTPStatus, payload: dict[str, Any]) -> Response:
     return _response(status, json.dumps(payload).encode() + b"\n", "application/json")
 
 
+_SECRET_HEADERS = {"authorization", "proxy-authorization", "cookie"}
+
+
+class RedactSecrets(logging.Filter):
+    """Keep the token out of websockets' debug log of handshakes (request line and headers, at LOG_LEVEL=debug)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.msg == "< %s: %s" and isinstance(args, tuple) and len(args) == 2:
+            if str(args[0]).lower() in _SECRET_HEADERS:
+                record.args = (args[0], "[redacted]")
+        elif record.msg == "< %s %s %s" and isinstance(args, tuple) and len(args) == 3 and "token=" in str(args[1]):
+            record.args = (args[0], _redact_query(str(args[1])), args[2])
+        return True
+
+
+def _redact_query(path: str) -> str:
+    head, _, query = path.partition("?")
+    parts = [("token=[redacted]" if part.startswith("token=") else part) for part in query.split("&")]
+    return head + "?" + "&".join(parts)
+
+
+def _install_redaction() -> None:
+    logger = logging.getLogger("websockets.server")
+    if not any(isinstance(f, RedactSecrets) for f in logger.filters):
+        logger.addFilter(RedactSecrets())
+
+
 class WorkerServer:
     """Owns the service and the listening socket. ``start`` returns once the port is open."""
 
@@ -56,6 +84,7 @@ class WorkerServer:
 
     async def start(self, *, load: bool = True) -> None:
         s = self.settings
+        _install_redaction()
         self.server = await serve(
             self._handle,
             s.host,

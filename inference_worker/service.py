@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapters.factory import open_stores
@@ -177,13 +178,21 @@ class Service:
 
 
     # ---- views -----------------------------------------------------------------------------------------------
+    @property
+    def public_model_name(self) -> str:
+        """The model as clients see it: a hub id as is, a local directory by its name only (not the server's path)."""
+        if self.settings.demo:
+            return "demo"
+        local = Path(self.model_name).expanduser()
+        return local.name if local.exists() else self.model_name
+
     def health(self) -> dict[str, Any]:
         info = self.engine.info if self.engine else None
         return {
             "status": "ok" if self.ready else ("error" if self.load_error else "loading"),
             "ready": self.ready,
             "draining": self.draining,
-            "model": self.model_name,
+            "model": self.public_model_name,
             "device": info.device if info else None,
             "dtype": info.dtype if info else None,
             "model_load_seconds": round(info.load_seconds, 3) if info else None,
@@ -198,7 +207,7 @@ class Service:
         users = Counter(session.adapter.key for session in self.sessions if session.adapter is not None)
         return p.Status(
             ready=self.ready,
-            model=self.model_name,
+            model=self.public_model_name,
             model_type=info.model_type,
             device=info.device,
             dtype=info.dtype,

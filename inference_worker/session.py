@@ -240,7 +240,7 @@ class Session:
             engine = self.service.engine
             assert engine is not None
             if message.images() and not engine.info.vision:
-                raise InputError(f"{self.service.model_name} is a text-only model: it cannot read images",
+                raise InputError(f"{self.service.public_model_name} is a text-only model: it cannot read images",
                                  code=ErrorCode.IMAGES_NOT_SUPPORTED)
             if message.system_prompt is not None and message.messages[0].role == "system":
                 raise ProtocolError("give the system prompt either as system_prompt or as a first system message, "
