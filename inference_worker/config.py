@@ -199,6 +199,13 @@ class Settings(StoreSettings):
         validation_alias=_env("SHUTDOWN_GRACE_S"),
         description="On SIGTERM, running generations get this long to finish before they end with an error.",
     )
+    shutdown_notice_s: float = Field(
+        5.0,
+        ge=0,
+        validation_alias=_env("SHUTDOWN_NOTICE_S"),
+        description="On SIGTERM, /ready and new handshakes answer 503 for at least this long before the port "
+        "closes, so that load balancers stop sending connections first.",
+    )
     ws_ping_interval_s: float | None = Field(
         20.0, validation_alias=_env("WS_PING_INTERVAL_S"), description="WebSocket keepalive ping interval."
     )

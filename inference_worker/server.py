@@ -1,7 +1,9 @@
 """The WebSocket server: websockets' asyncio ``serve``, HTTP health/ready/metrics in ``process_request``, SIGTERM.
 
 The port opens at once, so ``/health`` and ``/ready`` answer while the model loads; WebSocket handshakes are refused
-with 503 until the model is loaded (the worker never accepts a connection it cannot serve).
+with 503 until the model is loaded (the worker never accepts a connection it cannot serve), beyond
+``MAX_CONNECTIONS``, and while it drains after SIGTERM — the port stays open then, so that load balancers see
+``/ready`` turn 503 instead of a refused connection.
 """
 
 from __future__ import annotations
@@ -172,23 +174,31 @@ class WorkerServer:
         await Session(self.service, ws).run()
 
     # ---- shutdown --------------------------------------------------------------------------------------------
-    async def stop(self, grace_s: float | None = None) -> None:
-        """Stop listening, let running generations finish (up to the grace period), close connections."""
+    async def stop(self, grace_s: float | None = None, notice_s: float | None = None) -> None:
+        """Drain: refuse new connections and generations with 503 / ``shutting_down`` while the port stays open
+        (at least ``notice_s``, and while running generations finish, up to ``grace_s``); then close the port and
+        the connections."""
+        s = self.settings
         if self._stopping is None:
-            self._stopping = asyncio.create_task(self._stop(self.settings.shutdown_grace_s if grace_s is None
-                                                            else grace_s))
+            self._stopping = asyncio.create_task(self._stop(
+                s.shutdown_grace_s if grace_s is None else grace_s,
+                s.shutdown_notice_s if notice_s is None else notice_s,
+            ))
         await asyncio.shield(self._stopping)
 
-    async def _stop(self, grace_s: float) -> None:
-        log.info("shutting down: no new connections, %.0f s grace for running generations", grace_s)
+    async def _stop(self, grace_s: float, notice_s: float) -> None:
+        log.info("shutting down: /ready and new connections answer 503 for %.0f s at least, running generations "
+                 "get %.0f s", notice_s, grace_s)
         assert self.server is not None
         self.service.draining = True
-        self.server.close(close_connections=False)
+        notice = asyncio.create_task(asyncio.sleep(notice_s))
         if self.loading is not None and not self.loading.done():
             self.loading.cancel()
             with contextlib.suppress(BaseException):
                 await self.loading
         await self.service.drain(grace_s)
+        await notice
+        self.server.close(close_connections=False)
         closing = [
             asyncio.create_task(conn.close(1001, "server shutting down"))
             for conn in list(self.server.connections)
@@ -214,7 +224,7 @@ async def run(settings: Settings) -> int:
     done, _ = await asyncio.wait({worker.loading, asyncio.ensure_future(stop.wait())},
                                  return_when=asyncio.FIRST_COMPLETED)
     if worker.loading in done and worker.loading.exception() is not None:
-        await worker.stop(0)
+        await worker.stop(0, 0)  # never ready, so no load balancer to give notice to
         return 1
     await stop.wait()
     await worker.stop()

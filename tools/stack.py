@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     worker_cmd = [sys.executable, "-m", "inference_worker", "--host", args.host, "--port", str(args.worker_port)]
     worker_cmd += ["--demo"] if args.demo else ["--model-name", args.model]
+    if "SHUTDOWN_NOTICE_S" not in os.environ:  # no load balancer in front: Ctrl-C stops at once
+        worker_cmd += ["--shutdown-notice-s", "0"]
     worker = playground = None
     host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
     ws_url = f"ws://{host}:{args.worker_port}"
