@@ -82,7 +82,7 @@ class LocalDirectoryStore(AdapterStore):
         facts = inspect_adapter(source)
         target = self._dir(name)
         if target.exists() and not replace:
-            raise AdapterConflict(f"adapter {name!r} already exists in the store; pass replace to overwrite it")
+            raise AdapterConflict(f"adapter {name!r} already exists in the store; push with --replace to overwrite it")
         self.root.mkdir(parents=True, exist_ok=True)
         files = list(adapter_files(facts))
         total = sum((Path(source) / f).stat().st_size for f in files)

@@ -205,10 +205,11 @@ class S3Store(AdapterStore):
         except AdapterInvalid:
             previous = None  # a broken manifest is overwritten on replace
             if not replace:
-                raise AdapterConflict(f"{name!r} exists in {self.describe()} (with a broken manifest); "
-                                      "pass replace to overwrite it") from None
+                raise AdapterConflict(f"{name!r} exists in s3://{self.bucket} (with a broken manifest); "
+                                      "push with --replace to overwrite it") from None
         if previous is not None and not replace:
-            raise AdapterConflict(f"adapter {name!r} already exists in {self.describe()}; pass replace to overwrite it")
+            raise AdapterConflict(f"adapter {name!r} already exists in s3://{self.bucket}; push with --replace to "
+                                  "overwrite it")
         files = list(adapter_files(facts))
         entries: dict[str, FileEntry] = {f: hash_file(Path(source) / f) for f in files}
         total = sum(e.size for e in entries.values())

@@ -25,7 +25,8 @@ def _env(name: str, *more: str) -> AliasChoices:
     return AliasChoices(name, *more)
 
 
-def _default_demo_dir() -> Path:
+def default_demo_dir() -> Path:
+    """INFERENCE_DEMO_DIR's default (the adapter CLI's ``--demo`` finds the demo's store with it too)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "inference-worker" / "demo"
 
@@ -60,7 +61,7 @@ class Settings(StoreSettings):
         description="Serve the offline demo: a tiny random Qwen3-VL and adapters demo-a/demo-b (meaningless output).",
     )
     demo_dir: Path = Field(
-        default_factory=_default_demo_dir,
+        default_factory=default_demo_dir,
         validation_alias=_env("INFERENCE_DEMO_DIR"),
         description="Where the demo checkpoint and its adapter store are built once and reused.",
     )
