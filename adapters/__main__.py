@@ -1,13 +1,15 @@
 """``python -m adapters``: publish, list, pull, verify and remove LoRA adapters in the adapter store.
 
 The store is S3/MinIO when ``MINIO_ENDPOINT`` is set (``MINIO_*`` variables), else the local directory
-``ADAPTER_STORE_DIR`` (default ./adapter_store). Failures exit non-zero with a one-line reason.
+``ADAPTER_STORE_DIR`` (default ./adapter_store); ``--demo`` picks the offline demo's own store, the one
+``make demo`` serves. Failures exit non-zero with a one-line reason.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -37,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--store-dir", type=Path, help="local store directory (env ADAPTER_STORE_DIR; default "
                         "./adapter_store); ignored when MINIO_ENDPOINT is set")
+    parser.add_argument("--demo", action="store_true", help="the offline demo's store, which `make demo` serves "
+                        "(INFERENCE_DEMO_DIR/adapters; default ~/.cache/inference-worker/demo/adapters)")
     parser.add_argument("--bucket", help="S3 bucket (env MINIO_BUCKET, default adapters)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -182,16 +186,32 @@ COMMANDS: dict[str, Callable[[AdapterStore, argparse.Namespace], str]] = {
 }
 
 
+def demo_store_dir() -> Path:
+    """The store the demo worker serves: ``INFERENCE_DEMO_DIR``'s (the worker's setting) ``adapters`` directory."""
+    from inference_worker.config import default_demo_dir
+    from inference_worker.demo import DemoPaths
+
+    return DemoPaths(Path(os.environ.get("INFERENCE_DEMO_DIR") or default_demo_dir())).store_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         overrides: dict[str, Any] = {}
+        if args.demo and args.store_dir is not None:
+            print("error: --demo and --store-dir name two different stores: give one", file=sys.stderr)
+            return 2
         if args.store_dir is not None:
             overrides["adapter_store_dir"] = args.store_dir
         if args.bucket:
             overrides["minio_bucket"] = args.bucket
         settings = StoreSettings(**overrides)
-        store, _ = open_stores(settings)
+        if args.demo:  # the demo is offline: its store is a local directory whatever MINIO_* say
+            from .local import LocalDirectoryStore
+
+            store: AdapterStore = LocalDirectoryStore(demo_store_dir())
+        else:
+            store, _ = open_stores(settings)
         print(COMMANDS[args.command](store, args))
         return 0
     except ServiceError as exc:

@@ -34,6 +34,10 @@ class LocalDirectoryStore(AdapterStore):
     def _dir(self, name: str) -> Path:
         return self.root / check_name(name)
 
+    def _not_found(self, name: str) -> AdapterNotFound:
+        # Clients are told the name; the directory is the server's layout, for the log and the CLI only.
+        return AdapterNotFound(f"adapter {name!r} is not in the adapter store", detail=self.describe())
+
     def list(self) -> list[Manifest]:
         if not self.root.is_dir():
             return []
@@ -49,7 +53,7 @@ class LocalDirectoryStore(AdapterStore):
     def manifest(self, name: str) -> Manifest:
         directory = self._dir(name)
         if not directory.is_dir():
-            raise AdapterNotFound(f"adapter {name!r} is not in the store ({self.describe()})")
+            raise self._not_found(name)
         manifest_path = directory / MANIFEST_FILE
         if manifest_path.is_file():
             manifest = Manifest.from_json(manifest_path.read_bytes())
@@ -78,7 +82,7 @@ class LocalDirectoryStore(AdapterStore):
         facts = inspect_adapter(source)
         target = self._dir(name)
         if target.exists() and not replace:
-            raise AdapterConflict(f"adapter {name!r} already exists in the store; pass replace to overwrite it")
+            raise AdapterConflict(f"adapter {name!r} already exists in the store; push with --replace to overwrite it")
         self.root.mkdir(parents=True, exist_ok=True)
         files = list(adapter_files(facts))
         total = sum((Path(source) / f).stat().st_size for f in files)
@@ -110,7 +114,7 @@ class LocalDirectoryStore(AdapterStore):
     def remove(self, name: str) -> None:
         target = self._dir(name)
         if not target.is_dir():
-            raise AdapterNotFound(f"adapter {name!r} is not in the store ({self.describe()})")
+            raise self._not_found(name)
         trash = Path(tempfile.mkdtemp(prefix=".trash-", dir=self.root))
         os.replace(target, trash / name)
         shutil.rmtree(trash, ignore_errors=True)

@@ -125,5 +125,5 @@ def safe_join(root: Path, relative: str) -> Path:
     target = (root / Path(*segments)).resolve()
     real_root = root.resolve()
     if target != real_root and real_root not in target.parents:
-        raise AdapterForbidden(f"path {relative[:200]!r} escapes {root}")
+        raise AdapterForbidden(f"path {relative[:200]!r} escapes its directory", detail=str(root))
     return target

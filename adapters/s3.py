@@ -82,25 +82,29 @@ class S3Store(AdapterStore):
         return f"s3://{self.bucket} on {self.endpoint}" if self.endpoint else f"s3://{self.bucket}"
 
     # ---- error mapping ---------------------------------------------------------------------------------------
+    # Messages name the bucket (clients use it in s3:// references); the endpoint and low-level causes are the
+    # server's layout, and go into the error's detail (the log and the CLI) only.
     def _call(self, fn: Callable[[], T], *, missing: str | None = None) -> T:
+        where = self.describe()
         try:
             return fn()
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject") and missing is not None:
-                raise AdapterNotFound(missing) from None
+                raise AdapterNotFound(missing, detail=where) from None
             if exc.code == "NoSuchBucket":
-                raise StoreUnavailable(f"bucket {self.bucket!r} does not exist on {self.endpoint} (MINIO_BUCKET)",
-                                       retryable=False) from None
+                raise StoreUnavailable(f"bucket {self.bucket!r} does not exist (MINIO_BUCKET)", retryable=False,
+                                       detail=where) from None
             if exc.code in _CREDENTIAL_ERRORS:
                 raise StoreUnavailable(
                     f"the adapter store refused the credentials ({exc.code}): check MINIO_ACCESS_KEY/MINIO_SECRET_KEY",
-                    retryable=False,
+                    retryable=False, detail=where,
                 ) from None
-            raise StoreUnavailable(f"the adapter store answered {exc.code}: {exc.message}") from None
+            raise StoreUnavailable(f"the adapter store answered {exc.code}", detail=f"{where}: {exc.message}") from None
         except (ServerError, InvalidResponseError) as exc:
-            raise StoreUnavailable(f"the adapter store failed: {exc}") from None
+            raise StoreUnavailable("the adapter store failed", detail=f"{where}: {_short(exc)}") from None
         except (urllib3.exceptions.HTTPError, MinioException, OSError) as exc:
-            raise StoreUnavailable(f"cannot reach the adapter store {self.describe()}: {_short(exc)}") from None
+            raise StoreUnavailable(f"cannot reach the adapter store s3://{self.bucket}",
+                                   detail=f"{where}: {_short(exc)}") from None
 
     def _key(self, name: str, file: str) -> str:
         return f"{name}/{file}"
@@ -138,7 +142,7 @@ class S3Store(AdapterStore):
     # ---- reading ---------------------------------------------------------------------------------------------
     def manifest(self, name: str) -> Manifest:
         raw = self._get_bytes(self._key(name, MANIFEST_FILE),
-                              missing=f"adapter {name!r} is not in {self.describe()} (no {MANIFEST_FILE})")
+                              missing=f"adapter {name!r} is not in s3://{self.bucket} (no {MANIFEST_FILE})")
         return Manifest.from_json(raw)
 
     def list(self) -> list[Manifest]:
@@ -201,10 +205,11 @@ class S3Store(AdapterStore):
         except AdapterInvalid:
             previous = None  # a broken manifest is overwritten on replace
             if not replace:
-                raise AdapterConflict(f"{name!r} exists in {self.describe()} (with a broken manifest); "
-                                      "pass replace to overwrite it") from None
+                raise AdapterConflict(f"{name!r} exists in s3://{self.bucket} (with a broken manifest); "
+                                      "push with --replace to overwrite it") from None
         if previous is not None and not replace:
-            raise AdapterConflict(f"adapter {name!r} already exists in {self.describe()}; pass replace to overwrite it")
+            raise AdapterConflict(f"adapter {name!r} already exists in s3://{self.bucket}; push with --replace to "
+                                  "overwrite it")
         files = list(adapter_files(facts))
         entries: dict[str, FileEntry] = {f: hash_file(Path(source) / f) for f in files}
         total = sum(e.size for e in entries.values())

@@ -70,6 +70,7 @@ class WorkerProcess:
             "--model-name", str(c.model_dir), "--host", "127.0.0.1", "--port", str(self.port),
             "--log-level", "warning", "--device", c.device, "--torch-dtype", c.dtype,
             "--max-loaded-adapters", str(c.max_loaded_adapters),
+            "--shutdown-notice-s", "0",  # no load balancer to give notice to
         ]
         if c.max_batch_rows is not None:  # None: the worker's own default for the device
             args += ["--max-batch-rows", str(c.max_batch_rows)]

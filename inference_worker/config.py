@@ -16,6 +16,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from adapters.config import StoreSettings
 
 from .images import ImageLimits
+from .protocol import ParseLimits
 from .validation import RequestLimits
 
 MiB = 1024 * 1024
@@ -25,7 +26,8 @@ def _env(name: str, *more: str) -> AliasChoices:
     return AliasChoices(name, *more)
 
 
-def _default_demo_dir() -> Path:
+def default_demo_dir() -> Path:
+    """INFERENCE_DEMO_DIR's default (the adapter CLI's ``--demo`` finds the demo's store with it too)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "inference-worker" / "demo"
 
@@ -60,7 +62,7 @@ class Settings(StoreSettings):
         description="Serve the offline demo: a tiny random Qwen3-VL and adapters demo-a/demo-b (meaningless output).",
     )
     demo_dir: Path = Field(
-        default_factory=_default_demo_dir,
+        default_factory=default_demo_dir,
         validation_alias=_env("INFERENCE_DEMO_DIR"),
         description="Where the demo checkpoint and its adapter store are built once and reused.",
     )
@@ -77,6 +79,25 @@ class Settings(StoreSettings):
         None,
         validation_alias=_env("INFERENCE_AUTH_TOKEN"),
         description="Shared secret; when set, clients must send it (Authorization: Bearer, or ?token=).",
+    )
+    max_connections: int = Field(
+        32,
+        ge=1,
+        validation_alias=_env("MAX_CONNECTIONS"),
+        description="Open WebSocket connections; beyond, handshakes get HTTP 503. Bounds the worker's total memory "
+        "for connections (README, Security).",
+    )
+    ws_max_queue: int = Field(
+        1,
+        ge=0,
+        validation_alias=_env("WS_MAX_QUEUE"),
+        description="Received frames buffered per connection before the worker stops reading from it.",
+    )
+    ws_compression: bool = Field(
+        False,
+        validation_alias=_env("WS_COMPRESSION"),
+        description="Offer permessage-deflate. Off: a compressed frame can inflate ~1000x, and raises the memory "
+        "one connection can cost (README, Security).",
     )
 
     # ---- adapters ----------------------------------------------------------------------------------------------
@@ -158,6 +179,12 @@ class Settings(StoreSettings):
     max_chat_messages: int = Field(
         256, ge=1, validation_alias=_env("MAX_CHAT_MESSAGES"), description="Chat messages per request."
     )
+    max_content_parts: int = Field(
+        256,
+        ge=1,
+        validation_alias=_env("MAX_CONTENT_PARTS"),
+        description="Content parts (text and image) per request, all messages together.",
+    )
 
     # ---- messages and images -----------------------------------------------------------------------------------
     max_message_bytes: int = Field(
@@ -165,6 +192,13 @@ class Settings(StoreSettings):
         ge=1024,
         validation_alias=_env("MAX_MESSAGE_BYTES"),
         description="Largest WebSocket frame; a bigger one closes the connection with 1009.",
+    )
+    max_frame_json_items: int = Field(
+        65536,
+        ge=1024,
+        validation_alias=_env("MAX_FRAME_JSON_ITEMS"),
+        description="A frame with more '{', '[' and ',' characters (strings included) is refused before parsing; "
+        "a valid request has a few thousand at most.",
     )
     max_images_per_request: int = Field(
         4, ge=0, validation_alias=_env("MAX_IMAGES_PER_REQUEST"), description="Images in one generate."
@@ -194,6 +228,13 @@ class Settings(StoreSettings):
         ge=0,
         validation_alias=_env("SHUTDOWN_GRACE_S"),
         description="On SIGTERM, running generations get this long to finish before they end with an error.",
+    )
+    shutdown_notice_s: float = Field(
+        5.0,
+        ge=0,
+        validation_alias=_env("SHUTDOWN_NOTICE_S"),
+        description="On SIGTERM, /ready and new handshakes answer 503 for at least this long before the port "
+        "closes, so that load balancers stop sending connections first.",
     )
     ws_ping_interval_s: float | None = Field(
         20.0, validation_alias=_env("WS_PING_INTERVAL_S"), description="WebSocket keepalive ping interval."
@@ -235,12 +276,18 @@ class Settings(StoreSettings):
             max_new_tokens=self.max_new_tokens,
             default_max_tokens=self.default_max_tokens,
             max_prompt_tokens=self.max_prompt_tokens,
-            max_stop_strings=self.max_stop_strings,
             max_stop_length=self.max_stop_length,
             max_images_per_request=self.max_images_per_request,
-            max_messages=self.max_chat_messages,
             temperature_max=self.temperature_max,
             repetition_penalty_max=self.repetition_penalty_max,
+        )
+
+    def parse_limits(self) -> ParseLimits:
+        return ParseLimits(
+            max_messages=self.max_chat_messages,
+            max_content_parts=self.max_content_parts,
+            max_stop_strings=self.max_stop_strings,
+            max_frame_json_items=self.max_frame_json_items,
         )
 
     def batch_rows_for(self, device: str) -> int:

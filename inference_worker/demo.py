@@ -7,6 +7,8 @@ The weights are random: whatever the demo model writes is meaningless text.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -445,18 +447,49 @@ def ensure_demo(root: Path | str, spec: DemoSpec = DemoSpec()) -> DemoPaths:
     """Build the demo checkpoint and its adapters under ``root`` once; later calls reuse them.
 
     Each part is built in a temporary directory and renamed into place, so an interrupted build is never mistaken
-    for a finished one.
+    for a finished one. Builds hold a lock on ``root/.build.lock``: a second process waits and then reuses the
+    first one's work, and whoever holds the lock removes the ``.build-*`` directories that a killed build (SIGKILL,
+    power loss) left behind.
     """
+    paths = DemoPaths(Path(root))
+    if _demo_is_built(paths, spec):
+        return paths
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with _build_lock(paths.root):
+        for stale in paths.root.glob(".build-*"):
+            log.info("removing %s, left by an interrupted demo build", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        if not _demo_is_built(paths, spec):  # another process may have built it while we waited
+            _build_demo(paths, spec)
+    return paths
+
+
+def _demo_is_built(paths: DemoPaths, spec: DemoSpec) -> bool:
     from adapters.local import LocalDirectoryStore
 
-    paths = DemoPaths(Path(root))
     stamp = paths.root / "demo.json"
-    if stamp.exists() and json.loads(stamp.read_text()).get("fingerprint") == spec.fingerprint():
-        store = LocalDirectoryStore(paths.store_dir)
-        if paths.model_dir.is_dir() and all(store.exists(name) for name, _ in spec.adapters):
-            return paths
+    if not stamp.exists() or json.loads(stamp.read_text()).get("fingerprint") != spec.fingerprint():
+        return False
+    store = LocalDirectoryStore(paths.store_dir)
+    return paths.model_dir.is_dir() and all(store.exists(name) for name, _ in spec.adapters)
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path) -> Iterator[None]:
+    """An exclusive lock on ``root/.build.lock`` (released by the kernel if the holder dies)."""
+    with (root / ".build.lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build_demo(paths: DemoPaths, spec: DemoSpec) -> None:
+    from adapters.local import LocalDirectoryStore
+
     log.info("building the offline demo model and adapters in %s (random weights, meaningless output)", paths.root)
-    paths.root.mkdir(parents=True, exist_ok=True)
+    stamp = paths.root / "demo.json"
     with tempfile.TemporaryDirectory(dir=paths.root, prefix=".build-") as tmp:
         tmp_model = Path(tmp) / "model"
         build_vl_checkpoint(tmp_model, spec.size, seed=spec.seed)
@@ -471,4 +504,3 @@ def ensure_demo(root: Path | str, spec: DemoSpec = DemoSpec()) -> DemoPaths:
         for name, src in built:
             store.publish(name, src, replace=True)
     stamp.write_text(json.dumps({"fingerprint": spec.fingerprint(), "spec": asdict(spec)}, indent=2))
-    return paths

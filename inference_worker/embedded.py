@@ -63,9 +63,10 @@ class EmbeddedWorker:
         assert self.server is not None
         return self.server.service
 
-    def stop(self, grace_s: float = 2.0) -> None:
+    def stop(self, grace_s: float = 2.0, notice_s: float = 0.0) -> None:
+        """Drain and stop: ``notice_s`` of 503 before the port closes (SHUTDOWN_NOTICE_S; none by default here)."""
         if self.server is not None:
-            self.call(self.server.stop(grace_s), timeout=grace_s + 30)
+            self.call(self.server.stop(grace_s, notice_s), timeout=grace_s + notice_s + 30)
         self._stop_loop()
 
     def _stop_loop(self) -> None:

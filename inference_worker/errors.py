@@ -50,21 +50,27 @@ class ErrorCode(StrEnum):
 
 
 class ServiceError(Exception):
-    """Base of every error a client can be told about."""
+    """Base of every error a client can be told about.
+
+    ``message`` is what a client is told; ``detail`` (optional) is for the operator only — the server's paths,
+    endpoints and low-level causes — and appears in logs and the CLI (``str(exc)``), never on the wire.
+    """
 
     code: ErrorCode = ErrorCode.INTERNAL_ERROR
     retryable: bool = False
 
-    def __init__(self, message: str, *, code: ErrorCode | None = None, retryable: bool | None = None) -> None:
+    def __init__(self, message: str, *, code: ErrorCode | None = None, retryable: bool | None = None,
+                 detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.detail = detail
         if code is not None:
             self.code = code
         if retryable is not None:
             self.retryable = retryable
 
     def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
+        return f"{self.code}: {self.message}" + (f" [{self.detail}]" if self.detail else "")
 
 
 class ProtocolError(ServiceError):

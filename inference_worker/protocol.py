@@ -8,7 +8,9 @@ docs/protocol.md is the reference, with one example per message.
 from __future__ import annotations
 
 import json
+import re
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -117,20 +119,66 @@ CLIENT_TYPES = ("ping", "load_adapter", "generate", "cancel", "status", "list_ad
 _client_adapter: TypeAdapter[Any] = TypeAdapter(ClientMessage)
 
 
-def parse_client_message(frame: str | bytes) -> Any:
+@dataclass(frozen=True)
+class ParseLimits:
+    """Bounds on the size of a frame's structure (filled from the settings: ``Settings.parse_limits()``).
+
+    They bound the parser's own work, so they are checked on the raw JSON before any model is built. Everything else
+    about a ``generate`` (stop string lengths, images, tokens, sampling ranges, what the model can do) is checked
+    against the settings by ``validation.py``.
+    """
+
+    max_messages: int = 256
+    max_content_parts: int = 256
+    max_stop_strings: int = 8
+    max_frame_json_items: int = 65536
+
+    @classmethod
+    def unbounded(cls) -> ParseLimits:
+        """For a client checking its own requests: the shape and types only; the worker enforces its limits."""
+        return cls(max_messages=2**62, max_content_parts=2**62, max_stop_strings=2**62, max_frame_json_items=2**62)
+
+
+# Error messages are capped: they may quote client input (a field name, a value), and a reply must stay small.
+MAX_ERROR_MESSAGE_CHARS = 1000
+_QUOTE_CHARS = 64  # of one client-supplied name quoted in an error
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def parse_client_message(frame: str | bytes, limits: ParseLimits = ParseLimits()) -> Any:
     """Parse one frame into a client message model, or raise :class:`ProtocolError` with a precise code.
 
-    This checks the message's shape and types only; a ``generate`` is checked against the worker's limits and the
-    model's capabilities by ``validation.py`` (``max_tokens`` above the cap is not an error: it is capped).
+    This checks the message's shape and types; a ``generate`` is then checked against the worker's limits and the
+    model's capabilities by ``validation.py``. The work done here is bounded before it starts: a frame with more than
+    ``limits.max_frame_json_items`` JSON items is refused before ``json.loads``, and the numbers of messages, content
+    parts and stop strings are checked before the models are built.
+
+    The error raised carries no traceback or context from inside the parser: those hold the frame and its parsed
+    copy in reference cycles that only the cyclic garbage collector frees, and a client sending refused 16 MiB frames
+    would otherwise pile up hundreds of megabytes between two collections.
     """
+    try:
+        return _parse(frame, limits)
+    except ProtocolError as exc:
+        error = exc
+    error.__traceback__ = error.__context__ = error.__cause__ = None
+    try:
+        raise error
+    finally:
+        del error  # this frame must not hold the exception that holds this frame
+
+
+def _parse(frame: str | bytes, limits: ParseLimits) -> Any:
     if isinstance(frame, bytes):
         raise ProtocolError(
             "binary frames are not part of the protocol: send JSON text", code=ErrorCode.UNSUPPORTED_FRAME
         )
+    _check_json_items(frame, limits.max_frame_json_items)
     try:
         data = json.loads(frame)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError(f"the frame is not valid JSON: {exc}", code=ErrorCode.INVALID_JSON) from None
+    except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, or an integer of over 4300 digits
+        reason = str(exc) if isinstance(exc, json.JSONDecodeError | RecursionError) else "a number has too many digits"
+        raise ProtocolError(f"the frame is not valid JSON: {reason}", code=ErrorCode.INVALID_JSON) from None
     if not isinstance(data, dict):
         raise ProtocolError(f"a message must be a JSON object, got {type(data).__name__}")
     kind = data.get("type")
@@ -138,29 +186,87 @@ def parse_client_message(frame: str | bytes) -> Any:
         raise ProtocolError('a message needs a string "type"')
     if kind not in CLIENT_TYPES:
         raise ProtocolError(
-            f"unknown message type {kind[:64]!r}; known: {', '.join(CLIENT_TYPES)}", code=ErrorCode.UNKNOWN_TYPE
+            f"unknown message type {kind[:_QUOTE_CHARS]!r}; known: {', '.join(CLIENT_TYPES)}",
+            code=ErrorCode.UNKNOWN_TYPE,
         )
     try:
+        if _has_lone_surrogate(data):
+            # JSON may escape half of a UTF-16 pair ("\udc00"): that is not text, and it cannot be sent back.
+            raise ProtocolError("a string holds a lone UTF-16 surrogate (an escape such as \\udc00 without its "
+                                "pair): not valid Unicode text")
+        if kind == "generate":
+            _check_generate_sizes(data, limits)
         message = _client_adapter.validate_python(data)
-    except ValidationError as exc:
-        error = ProtocolError(f"invalid {kind} message: {_describe(exc)}")
+    except (ValidationError, ProtocolError) as exc:
+        error = exc if isinstance(exc, ProtocolError) else ProtocolError(f"invalid {kind} message: {_describe(exc)}")
         # A refused generate is still answered under its session_id when it has a usable one, so a client that
         # routes replies by session sees the end of that request.
         error.message_type = kind
         sid = data.get("session_id")
-        if kind == "generate" and isinstance(sid, str) and 0 < len(sid) <= 128:
+        if kind == "generate" and isinstance(sid, str) and 0 < len(sid) <= 128 and not _has_lone_surrogate(sid):
             error.session_id = sid
         raise error from None
     return message
 
 
+def _check_json_items(frame: str, most: int) -> None:
+    """Refuse, before parsing, a frame with more JSON items than ``most``.
+
+    Parsing time grows with the number of values, not with bytes: 13 MiB of small objects take ~0.2 s to load and
+    seconds to validate, while 13 MiB of one image string take milliseconds. Every ``{``, ``[`` and ``,`` is
+    counted (those inside strings too: a cheap upper bound); a valid request has at most a few thousand.
+    """
+    if len(frame) <= most:
+        return
+    items = frame.count("{") + frame.count("[") + frame.count(",")
+    if items > most:
+        raise ProtocolError(f"the frame has {items} JSON items ('{{', '[' and ','), more than the {most} a request "
+                            "may have (MAX_FRAME_JSON_ITEMS)")
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    """Whether any key or string in ``data`` holds a lone surrogate (ASCII strings are skipped in O(1))."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and _LONE_SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _check_generate_sizes(data: dict[str, Any], limits: ParseLimits) -> None:
+    """Count messages, content parts and stop strings on the raw JSON, before any model is built."""
+    messages = data.get("messages")
+    if isinstance(messages, list):
+        if len(messages) > limits.max_messages:
+            raise ProtocolError(f"too many messages: {len(messages)} > {limits.max_messages} (MAX_CHAT_MESSAGES)")
+        parts = sum(len(m["content"]) for m in messages if isinstance(m, dict) and isinstance(m.get("content"), list))
+        if parts > limits.max_content_parts:
+            raise ProtocolError(f"too many content parts: {parts} > {limits.max_content_parts} (MAX_CONTENT_PARTS)")
+    stop = data.get("stop")
+    if isinstance(stop, list) and len(stop) > limits.max_stop_strings:
+        raise ProtocolError(f"too many stop strings: {len(stop)} > {limits.max_stop_strings}")
+
+
 def _describe(exc: ValidationError, most: int = 3) -> str:
     parts = []
     for err in exc.errors(include_url=False)[:most]:
-        where = ".".join(str(p) for p in err["loc"] if not isinstance(p, str) or not p.startswith("function-"))
+        where = ".".join(_quote(p) for p in err["loc"] if not isinstance(p, str) or not p.startswith("function-"))
         parts.append(f"{where or 'message'}: {err['msg']}")
     more = exc.error_count() - most
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _quote(part: str | int) -> str:
+    """A location part of a validation error (a field name may be a client's megabyte-long key), shortened."""
+    text = str(part)
+    return text if len(text) <= _QUOTE_CHARS else text[:_QUOTE_CHARS] + "…"
 
 
 def new_session_id() -> str:
@@ -309,7 +415,11 @@ def encode(message: _ServerModel) -> str:
 
 
 def error_message(exc: ServiceError, *, session_id: str | None = None, adapter_path: str | None = None) -> Error:
-    fields: dict[str, Any] = {"code": exc.code, "message": exc.message, "retryable": exc.retryable}
+    """The ``error`` message for ``exc``: its client-facing message (never its detail), at most 1000 characters."""
+    text = exc.message
+    if len(text) > MAX_ERROR_MESSAGE_CHARS:
+        text = text[: MAX_ERROR_MESSAGE_CHARS - 1] + "…"
+    fields: dict[str, Any] = {"code": exc.code, "message": text, "retryable": exc.retryable}
     if session_id is not None:
         fields["session_id"] = session_id
     if adapter_path is not None:

@@ -1,7 +1,9 @@
 """The WebSocket server: websockets' asyncio ``serve``, HTTP health/ready/metrics in ``process_request``, SIGTERM.
 
 The port opens at once, so ``/health`` and ``/ready`` answer while the model loads; WebSocket handshakes are refused
-with 503 until the model is loaded (the worker never accepts a connection it cannot serve).
+with 503 until the model is loaded (the worker never accepts a connection it cannot serve), beyond
+``MAX_CONNECTIONS``, and while it drains after SIGTERM — the port stays open then, so that load balancers see
+``/ready`` turn 503 instead of a refused connection.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
+from websockets.datastructures import Headers, MultipleValuesError
 from websockets.http11 import Request, Response
 
 from .config import Settings
@@ -26,6 +28,7 @@ from .service import Service
 from .session import Session
 
 log = logging.getLogger(__name__)
+_READ_CHUNK_BYTES = 16 * 1024  # the most read from one socket per event-loop callback (see _handle)
 
 
 def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
@@ -36,6 +39,34 @@ def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
 
 def _json(status: HTTPStatus, payload: dict[str, Any]) -> Response:
     return _response(status, json.dumps(payload).encode() + b"\n", "application/json")
+
+
+_SECRET_HEADERS = {"authorization", "proxy-authorization", "cookie"}
+
+
+class RedactSecrets(logging.Filter):
+    """Keep the token out of websockets' debug log of handshakes (request line and headers, at LOG_LEVEL=debug)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.msg == "< %s: %s" and isinstance(args, tuple) and len(args) == 2:
+            if str(args[0]).lower() in _SECRET_HEADERS:
+                record.args = (args[0], "[redacted]")
+        elif record.msg == "< %s %s %s" and isinstance(args, tuple) and len(args) == 3 and "token=" in str(args[1]):
+            record.args = (args[0], _redact_query(str(args[1])), args[2])
+        return True
+
+
+def _redact_query(path: str) -> str:
+    head, _, query = path.partition("?")
+    parts = [("token=[redacted]" if part.startswith("token=") else part) for part in query.split("&")]
+    return head + "?" + "&".join(parts)
+
+
+def _install_redaction() -> None:
+    logger = logging.getLogger("websockets.server")
+    if not any(isinstance(f, RedactSecrets) for f in logger.filters):
+        logger.addFilter(RedactSecrets())
 
 
 class WorkerServer:
@@ -55,12 +86,15 @@ class WorkerServer:
 
     async def start(self, *, load: bool = True) -> None:
         s = self.settings
+        _install_redaction()
         self.server = await serve(
             self._handle,
             s.host,
             s.port,
             process_request=self._process_request,
             max_size=s.max_message_bytes,
+            max_queue=s.ws_max_queue,
+            compression="deflate" if s.ws_compression else None,
             ping_interval=s.ws_ping_interval_s,
             ping_timeout=s.ws_ping_timeout_s,
             server_header="inference-worker",
@@ -95,6 +129,16 @@ class WorkerServer:
         return hmac.compare_digest(given.encode(), expected)
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        # No await in here: websockets then sends the response without yielding, so the connection count checked
+        # below cannot be raced past by concurrent handshakes.
+        try:
+            return self._route(request)
+        except MultipleValuesError as exc:  # e.g. two Authorization or Upgrade headers: a client error, not ours
+            header = str(exc.args[0]) if exc.args else "?"
+            log.info("refused a request from %s: duplicate %s header", _peer(connection), header)
+            return _json(HTTPStatus.BAD_REQUEST, {"error": "bad_request", "message": f"duplicate {header} header"})
+
+    def _route(self, request: Request) -> Response | None:
         path = urlsplit(request.path).path
         service = self.service
         if path == "/health":
@@ -114,29 +158,47 @@ class WorkerServer:
             return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "shutting_down"})
         if not service.ready:
             return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "loading", "message": "the model is loading"})
+        assert self.server is not None
+        if len(self.server.connections) >= self.settings.max_connections:
+            return _json(HTTPStatus.SERVICE_UNAVAILABLE, {
+                "error": "too_many_connections",
+                "message": f"{self.settings.max_connections} connections are open (MAX_CONNECTIONS); retry later"})
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
+        # asyncio reads up to 256 KiB per callback and websockets parses every frame in it at once: 12,000 small
+        # frames (~0.1 s), or 16 compressed frames that inflate to 16 MiB each. A smaller read bounds what one
+        # callback can cost; a 16 MiB frame still arrives in ~30 ms.
+        if hasattr(ws.transport, "max_size"):  # asyncio's socket transports
+            ws.transport.max_size = _READ_CHUNK_BYTES
         await Session(self.service, ws).run()
 
     # ---- shutdown --------------------------------------------------------------------------------------------
-    async def stop(self, grace_s: float | None = None) -> None:
-        """Stop listening, let running generations finish (up to the grace period), close connections."""
+    async def stop(self, grace_s: float | None = None, notice_s: float | None = None) -> None:
+        """Drain: refuse new connections and generations with 503 / ``shutting_down`` while the port stays open
+        (at least ``notice_s``, and while running generations finish, up to ``grace_s``); then close the port and
+        the connections."""
+        s = self.settings
         if self._stopping is None:
-            self._stopping = asyncio.create_task(self._stop(self.settings.shutdown_grace_s if grace_s is None
-                                                            else grace_s))
+            self._stopping = asyncio.create_task(self._stop(
+                s.shutdown_grace_s if grace_s is None else grace_s,
+                s.shutdown_notice_s if notice_s is None else notice_s,
+            ))
         await asyncio.shield(self._stopping)
 
-    async def _stop(self, grace_s: float) -> None:
-        log.info("shutting down: no new connections, %.0f s grace for running generations", grace_s)
+    async def _stop(self, grace_s: float, notice_s: float) -> None:
+        log.info("shutting down: /ready and new connections answer 503 for %.0f s at least, running generations "
+                 "get %.0f s", notice_s, grace_s)
         assert self.server is not None
         self.service.draining = True
-        self.server.close(close_connections=False)
+        notice = asyncio.create_task(asyncio.sleep(notice_s))
         if self.loading is not None and not self.loading.done():
             self.loading.cancel()
             with contextlib.suppress(BaseException):
                 await self.loading
         await self.service.drain(grace_s)
+        await notice
+        self.server.close(close_connections=False)
         closing = [
             asyncio.create_task(conn.close(1001, "server shutting down"))
             for conn in list(self.server.connections)
@@ -162,8 +224,15 @@ async def run(settings: Settings) -> int:
     done, _ = await asyncio.wait({worker.loading, asyncio.ensure_future(stop.wait())},
                                  return_when=asyncio.FIRST_COMPLETED)
     if worker.loading in done and worker.loading.exception() is not None:
-        await worker.stop(0)
+        await worker.stop(0, 0)  # never ready, so no load balancer to give notice to
         return 1
     await stop.wait()
     await worker.stop()
     return 0
+
+
+def _peer(connection: ServerConnection) -> str:
+    with contextlib.suppress(Exception):
+        host, port = connection.remote_address[:2]
+        return f"{host}:{port}"
+    return "?"

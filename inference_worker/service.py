@@ -7,6 +7,8 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapters.factory import open_stores
@@ -67,9 +69,13 @@ class Service:
         self.settings = settings
         self.metrics = Metrics()
         self.request_limits = settings.request_limits()
+        self.parse_limits = settings.parse_limits()
         self.image_limits = settings.image_limits()
         # Sized once the engine is up; no request is admitted before that.
         self.admission = Admission(1, settings.max_queue_size, self.metrics)
+        # One thread parses large frames for every connection, in turn: off the event loop, and at most one
+        # large frame's parsed copy in memory at a time.
+        self.parse_pool = ThreadPoolExecutor(1, thread_name_prefix="parse")
         self.sessions: set[Session] = set()
         self.engine: Engine | None = None
         self.validator: GenerateValidator | None = None
@@ -112,7 +118,7 @@ class Service:
 
             self.metrics.add_cuda_memory(lambda: torch.cuda.current_device())
         self.validator = GenerateValidator(self.request_limits, engine.capabilities, self.image_limits,
-                                           self.model_name)
+                                           self.public_model_name)
         self.registry = AdapterRegistry(engine, self.sources, s.max_loaded_adapters, self.metrics)
         if s.default_adapter:
             try:
@@ -149,13 +155,21 @@ class Service:
             m.inter_token.observe(gap)
 
     # ---- views -----------------------------------------------------------------------------------------------
+    @property
+    def public_model_name(self) -> str:
+        """The model as clients see it: a hub id as is, a local directory by its name only (not the server's path)."""
+        if self.settings.demo:
+            return "demo"
+        local = Path(self.model_name).expanduser()
+        return local.name if local.exists() else self.model_name
+
     def health(self) -> dict[str, Any]:
         info = self.engine.info if self.engine else None
         return {
             "status": "ok" if self.ready else ("error" if self.load_error else "loading"),
             "ready": self.ready,
             "draining": self.draining,
-            "model": self.model_name,
+            "model": self.public_model_name,
             "device": info.device if info else None,
             "dtype": info.dtype if info else None,
             "model_load_seconds": round(info.load_seconds, 3) if info else None,
@@ -179,7 +193,7 @@ class Service:
         users = Counter(session.adapter.key for session in self.sessions if session.adapter is not None)
         return p.Status(
             ready=self.ready,
-            model=self.model_name,
+            model=self.public_model_name,
             model_type=info.model_type,
             device=info.device,
             dtype=info.dtype,
@@ -257,6 +271,7 @@ class Service:
         return sum(len(s.generations) for s in self.sessions)
 
     async def close(self) -> None:
+        self.parse_pool.shutdown(wait=False, cancel_futures=True)
         if self.engine is not None:
             await self.engine.close()
 

@@ -34,6 +34,10 @@ from .service import Service
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Frames longer than this are parsed on the service's parse thread, off the event loop (a 16 MiB frame takes tens
+# of milliseconds to load); shorter ones cost microseconds and are parsed in place.
+_PARSE_IN_PLACE_CHARS = 64 * 1024
+_TURN_S = 0.002  # longest run of one connection's buffered requests before the others get the event loop
 
 
 class _Cancelled(Exception):
@@ -83,9 +87,17 @@ class Session:
     async def run(self) -> None:
         self.service.sessions.add(self)
         self.service.metrics.connections.set(len(self.service.sessions))
+        loop = asyncio.get_running_loop()
         try:
+            turn_started = loop.time()
             async for frame in self.ws:
                 await self.dispatch(frame)
+                # Frames already buffered are returned without a suspension, and so are replies while the socket's
+                # write buffer has room: a client that pipelines thousands of requests would keep the event loop
+                # from every other connection until its backlog is done. Give the others a turn every few ms.
+                if loop.time() - turn_started > _TURN_S:
+                    await asyncio.sleep(0)
+                    turn_started = loop.time()
         except ConnectionClosed:
             pass
         finally:
@@ -100,7 +112,7 @@ class Session:
 
     async def dispatch(self, frame: str | bytes) -> None:
         try:
-            message = p.parse_client_message(frame)
+            message = await self._parse(frame)
         except ProtocolError as exc:
             if exc.message_type == "generate":
                 self.service.metrics.requests.labels(str(exc.code)).inc()
@@ -126,6 +138,13 @@ class Session:
                     gen.stop()
             case p.Generate():
                 await self._start_generation(message)
+
+    async def _parse(self, frame: str | bytes) -> Any:
+        if len(frame) <= _PARSE_IN_PLACE_CHARS:
+            return p.parse_client_message(frame, self.service.parse_limits)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.service.parse_pool, p.parse_client_message, frame,
+                                          self.service.parse_limits)
 
     async def send(self, message: Any) -> bool:
         if self._closed:

@@ -30,10 +30,8 @@ class RequestLimits:
     max_new_tokens: int = 2048
     default_max_tokens: int = 512
     max_prompt_tokens: int = 16384
-    max_stop_strings: int = 8
     max_stop_length: int = 64
     max_images_per_request: int = 4
-    max_messages: int = 256
     temperature_max: float = 5.0
     repetition_penalty_max: float = 10.0
 
@@ -59,14 +57,9 @@ class GenerateValidator:
 
     def check(self, message: p.Generate) -> None:
         """Limits and capabilities that need no image decoding. Raises ProtocolError / InputError."""
-        lim = self.limits
-        if len(message.messages) > lim.max_messages:
-            raise ProtocolError(f"too many messages: {len(message.messages)} > {lim.max_messages}")
-        if message.stop is not None:
-            if len(message.stop) > lim.max_stop_strings:
-                raise ProtocolError(f"too many stop strings: {len(message.stop)} > {lim.max_stop_strings}")
-            if any(len(s) > lim.max_stop_length for s in message.stop):
-                raise ProtocolError(f"a stop string is longer than {lim.max_stop_length} characters")
+        lim = self.limits  # (counts of messages, content parts and stop strings: the parser's ParseLimits)
+        if message.stop is not None and any(len(s) > lim.max_stop_length for s in message.stop):
+            raise ProtocolError(f"a stop string is longer than {lim.max_stop_length} characters")
         images = len(message.images())
         if images > lim.max_images_per_request:
             raise ProtocolError(f"too many images: {images} > {lim.max_images_per_request}",

@@ -55,6 +55,7 @@ from inference_worker.protocol import (
     AdapterUnloaded,
     Done,
     Error,
+    ParseLimits,
     Pong,
     Status,
     Token,
@@ -65,6 +66,9 @@ from inference_worker.protocol import (
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "ws://localhost:8765"
+# Local validation checks the shape and types of a request; the worker's configurable limits are its to enforce.
+_NO_LIMITS = ParseLimits.unbounded()
+
 
 class _Unset:
     def __repr__(self) -> str:
@@ -176,8 +180,7 @@ def encode_request(message: dict[str, Any]) -> str:
     """The frame for a client message, checked against the protocol's models first (:class:`InvalidRequest`)."""
     frame = json.dumps(message, ensure_ascii=False)
     try:
-        # The shape and types of the request; the worker's configurable limits are its to enforce.
-        parse_client_message(frame)
+        parse_client_message(frame, _NO_LIMITS)
     except ProtocolError as exc:
         raise InvalidRequest(str(exc.code), exc.message) from None
     return frame

@@ -49,6 +49,10 @@ def test_demo_stack_starts_both_and_stops_cleanly(demo):
         out = "".join(lines)
         assert f"ws://localhost:{worker_port}" in out and f"http://localhost:{playground_port}" in out
         assert "meaningless" in out
+        # The banner tells how to reach the demo's own adapter store (not ./adapter_store) with the right python.
+        exe = Path(sys.executable)
+        py = str(exe.relative_to(ROOT)) if exe.is_relative_to(ROOT) else str(exe)  # as typed from the checkout
+        assert f"  {py} -m adapters --demo list" in out and str(demo.store_dir) in out
         assert status(f"http://127.0.0.1:{worker_port}/ready") == 200
         assert status(f"http://127.0.0.1:{playground_port}/_stcore/health") == 200
         proc.send_signal(signal.SIGINT)

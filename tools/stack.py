@@ -54,6 +54,26 @@ def _stop(proc: subprocess.Popen[bytes] | None, name: str, timeout: float) -> No
         proc.wait()
 
 
+def _python() -> str:
+    """This interpreter as a command to type here: ``.venv/bin/python`` rather than a bare ``python``."""
+    exe = Path(sys.executable)
+    try:
+        return str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        return str(exe)
+
+
+def _demo_notes() -> str:
+    from adapters.__main__ import demo_store_dir
+
+    py = _python()
+    return (
+        "  demo mode: random weights, the model's output is meaningless\n"
+        f"  adapters    {py} -m adapters --demo list   (the demo's store, {demo_store_dir()})\n"
+        f"              {py} -m adapters --demo push DIR NAME   publishes one the running worker can load\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.stack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     worker_cmd = [sys.executable, "-m", "inference_worker", "--host", args.host, "--port", str(args.worker_port)]
     worker_cmd += ["--demo"] if args.demo else ["--model-name", args.model]
+    if "SHUTDOWN_NOTICE_S" not in os.environ:  # no load balancer in front: Ctrl-C stops at once
+        worker_cmd += ["--shutdown-notice-s", "0"]
     worker = playground = None
     host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
     ws_url = f"ws://{host}:{args.worker_port}"
@@ -96,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             "\n"
             f"  worker      {ws_url}   (HTTP: http://{host}:{args.worker_port}/health, /ready, /metrics)\n"
             f"  playground  http://{host}:{args.playground_port}\n"
-            + ("  demo mode: random weights, the model's output is meaningless\n" if args.demo else "")
+            + (_demo_notes() if args.demo else "")
             + "\n  Ctrl-C stops both.\n",
             flush=True,
         )

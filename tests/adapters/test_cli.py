@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -128,3 +130,66 @@ def test_every_command_has_help(cli):
     for args in ([], ["push"], ["list"], ["pull"], ["verify"], ["rm"]):
         result = cli(*args, "--help")
         assert "usage: python -m adapters" in result.stdout
+
+
+def test_a_name_collision_says_which_flag_overwrites(cli, good_adapter):
+    """The conflict error names the real flag, --replace."""
+    cli("push", str(good_adapter), "taken")
+    result = cli("push", str(good_adapter), "taken", check=False)
+    assert result.returncode == 1 and "adapter_conflict" in result.stderr and "--replace" in result.stderr
+
+
+def test_not_found_tells_the_operator_which_store(cli):
+    """Clients are not told the server's layout, but the CLI's operator is: the error names the store."""
+    result = cli("verify", "absent", check=False)
+    assert result.returncode == 1 and "adapter_not_found" in result.stderr
+    assert ("local directory" if cli.kind == "local" else "s3://") in result.stderr
+
+
+def test_demo_flag_is_the_store_the_demo_worker_serves(demo, good_adapter, tmp_path):
+    """`python -m adapters --demo` lists demo-a and demo-b, and what it pushes the running demo worker loads."""
+    from inference_worker.config import Settings
+    from inference_worker.embedded import EmbeddedWorker
+
+    from ..helpers import Client
+
+    demo_dir = tmp_path / "demo"
+    shutil.copytree(demo.root, demo_dir)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "ADAPTER_STORE"))},
+           "INFERENCE_DEMO_DIR": str(demo_dir), "PYTHONPATH": str(ROOT)}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "adapters", "-q", "--demo", *args], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    settings = Settings(demo=True, demo_dir=demo_dir, host="127.0.0.1", port=0, ws_ping_interval_s=None)
+    with EmbeddedWorker(settings) as w, Client(w.url) as c:
+        listed = [line.split()[0] for line in run("list").stdout.splitlines()[2:]]
+        assert listed == ["demo-a", "demo-b"]
+        assert "published team-x" in run("push", str(good_adapter), "team-x").stdout
+        assert c.load("team-x")["type"] == "adapter_loaded"
+
+
+def readme_cli_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Adapter store and CLI", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [line.split("#", 1)[0].strip() for line in block.strip().splitlines()]
+
+
+def test_readme_cli_commands_run_as_written(good_adapter, tmp_path):
+    """The README's adapter commands use the project's interpreter (.venv/bin/python, not a bare python) and each
+    runs, in order, exactly as written."""
+    commands = readme_cli_commands()
+    assert len(commands) >= 6 and all(c.startswith(".venv/bin/python -m adapters ") for c in commands), commands
+    weights_zip(good_adapter, tmp_path / "weights.zip")
+    shutil.copytree(good_adapter, tmp_path / "my-lora")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MINIO_")},
+           "ADAPTER_STORE_DIR": str(tmp_path / "store"), "PYTHONPATH": str(ROOT)}
+    for command in commands:
+        args = shlex.split(command)
+        assert args[0] == ".venv/bin/python"
+        result = subprocess.run([sys.executable, *args[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, (command, result.stderr)

@@ -83,7 +83,7 @@ def test_status_panel_and_controls_bounded_by_the_worker(app, demo):
     """The sidebar shows the worker's state; token limits come from its status; the picker lists its adapters."""
     assert [s.value for s in app.sidebar.success] == ["Ready"]
     sidebar = "\n".join(m.value for m in app.sidebar.markdown)
-    assert f"**Model** `{demo.model_dir}` (qwen3_vl)" in sidebar
+    assert f"**Model** `{demo.model_dir.name}` (qwen3_vl)" in sidebar
     assert "**Running** 0 of 4 · **queued** 0 of 32" in sidebar
     max_tokens = app.number_input(key="max_tokens")
     assert (max_tokens.min, max_tokens.max, max_tokens.value) == (1, MAX_NEW_TOKENS, MAX_NEW_TOKENS)  # 512 clamped
@@ -94,7 +94,7 @@ def test_status_panel_and_controls_bounded_by_the_worker(app, demo):
 
 def test_adapter_picker_shows_the_adapters_facts(app, demo):
     """Picking an adapter shows its facts from list_adapters; the base model says so."""
-    assert any(c.value == f"The base model `{demo.model_dir}`, no adapter." for c in app.caption)
+    assert any(c.value == f"The base model `{demo.model_dir.name}`, no adapter." for c in app.caption)
     app.selectbox(key="adapter").set_value("demo-b")
     app.run()
     facts = next(c.value for c in app.caption if c.value.startswith("rank 8"))

@@ -1,4 +1,8 @@
-"""The playground in headless Chromium: `streamlit run` against a real worker, driven by Playwright."""
+"""The playground in headless Chromium: `streamlit run` against a real worker, driven by Playwright.
+
+Waits for text use ``.first``: while Streamlit reruns a page it keeps the previous render's elements until the new
+ones replace them, so a text can briefly be on the page twice (Playwright's strict mode would fail the wait).
+"""
 
 from __future__ import annotations
 
@@ -114,7 +118,7 @@ def open_page(browser: Any, app_url: str) -> Any:
     page = browser.new_page()
     page.goto(app_url)
     page.get_by_text("Diagram playground").first.wait_for()
-    page.locator("[data-testid='stSidebar']").get_by_text("Ready").wait_for()
+    page.locator("[data-testid='stSidebar']").get_by_text("Ready").first.wait_for()
     return page
 
 
@@ -151,16 +155,16 @@ def test_upload_generate_and_compare_in_a_browser(browser, app_url, history, tmp
     page = open_page(browser, app_url)
     page.set_viewport_size({"width": 1400, "height": 1000})
     uploader = page.locator(".st-key-upload-0")
-    uploader.get_by_text(re.compile(r"^10MB per file")).wait_for()  # the worker's IMAGE_MAX_BYTES, not 200MB
+    uploader.get_by_text(re.compile(r"^10MB per file")).first.wait_for()  # the worker's IMAGE_MAX_BYTES, not 200MB
     diagram = tmp_path / "diagram.png"
     diagram.write_bytes(png_bytes())
     uploader.locator("input[type=file]").set_input_files(str(diagram))
-    page.get_by_text("diagram.png: PNG, 320×240 px").wait_for()
+    page.get_by_text("diagram.png: PNG, 320×240 px").first.wait_for()
     set_max_tokens(page, 256)
 
     page.evaluate(RECORDER)
     page.get_by_role("button", name="Generate").click()
-    page.get_by_text(re.compile(r"^done \((length|stop)\)$")).wait_for()
+    page.get_by_text(re.compile(r"^done \((length|stop)\)$")).first.wait_for()
     seen = [s[0] for s in snapshots(page) if s[0]]
     streaming = [t for t in seen if t.endswith("▌")]
     assert len({len(t) for t in streaming}) >= 2, f"the text did not grow while streaming: {seen[:5]}"
@@ -176,16 +180,16 @@ def test_upload_generate_and_compare_in_a_browser(browser, app_url, history, tmp
     page.get_by_role("button", name="Compare A/B").wait_for()
     page.evaluate(RECORDER)
     page.get_by_role("button", name="Compare A/B").click()
-    page.get_by_text(re.compile(r"^Comparison\. A \(demo-a\) and B \(demo-b\) ")).wait_for()
+    page.get_by_text(re.compile(r"^Comparison\. A \(demo-a\) and B \(demo-b\) ")).first.wait_for()
     both_streaming = [s for s in snapshots(page) if s[0] and s[1] and s[0].endswith("▌") and s[1].endswith("▌")]
     assert both_streaming, "A and B never streamed at the same time"
-    page.locator(".ab-diff").wait_for()
+    page.locator(".ab-diff").first.wait_for()
     assert main_height(page) < 2400, "the Run tab is one long scroll"
     screenshot(page, output_dir / "playground-ab.png")
 
     open_tab(page, "History")
     single, ab = HistoryStore(history).runs()[-2:]
-    page.get_by_text(f"Run {ab.id} · A/B · demo-a vs demo-b · diagram.png · done").wait_for()
+    page.get_by_text(f"Run {ab.id} · A/B · demo-a vs demo-b · diagram.png · done").first.wait_for()
     with page.expect_download() as download:
         page.get_by_role("button", name="Export runs as JSON").click()
     document = json.loads(Path(download.value.path()).read_text())
@@ -200,16 +204,16 @@ def test_stop_cancels_and_keeps_the_partial_output(browser, app_url, worker, his
     """While streaming: one Stop button, no Deploy, a live status; Stop keeps the partial text in the history."""
     page = open_page(browser, app_url)
     page.get_by_role("button", name="Use a sample diagram").click()
-    page.get_by_text("sample-order-process.png: PNG").wait_for()
+    page.get_by_text("sample-order-process.png: PNG").first.wait_for()
     set_max_tokens(page, 2048)
     page.get_by_role("button", name="Generate").click()
-    page.get_by_text("streaming…").wait_for()
+    page.get_by_text("streaming…").first.wait_for()
     page.wait_for_function("() => (document.querySelector('.st-key-lane-0') || {innerText: ''}).innerText.length > 20")
-    page.locator("[data-testid='stSidebar']").get_by_text(re.compile(r"Running [1-9]\d* of \d+")).wait_for()
+    page.locator("[data-testid='stSidebar']").get_by_text(re.compile(r"Running [1-9]\d* of \d+")).first.wait_for()
     assert page.get_by_role("button", name="Stop", exact=True).count() == 1  # Streamlit's own Stop is hidden
     assert page.get_by_role("button", name="Deploy").count() == 0
     page.get_by_role("button", name="Stop", exact=True).click()
-    page.get_by_text("Stopped. The text produced until then is kept in the history.").wait_for()
+    page.get_by_text("Stopped. The text produced until then is kept in the history.").first.wait_for()
     assert page.locator(".st-key-lane-0").inner_text().strip()
     page.get_by_role("cell", name="cancelled").first.wait_for()
     with Client(worker.url) as client:
@@ -217,7 +221,7 @@ def test_stop_cancels_and_keeps_the_partial_output(browser, app_url, worker, his
     open_tab(page, "History")
     stopped = HistoryStore(history).runs()[-1]
     assert (stopped.status, stopped.outputs[0].finish_reason) == ("stopped", "cancelled")
-    page.get_by_text(f"Run {stopped.id} · single · base model · sample-order-process.png · stopped · ").wait_for()
+    page.get_by_text(f"Run {stopped.id} · single · base model · sample-order-process.png · stopped · ").first.wait_for()
     screenshot(page, output_dir / "playground-stopped.png")
     page.close()
 
@@ -230,16 +234,16 @@ def test_set_evaluation_with_stop_resume_verdicts_and_export(browser, app_url, t
     archive = tmp_path / "set.zip"
     archive.write_bytes(diagram_set(5))
     page.locator(".st-key-eval_upload-0 input[type=file]").set_input_files(str(archive))
-    page.get_by_text("5 diagrams, 5 with a reference").wait_for()
+    page.get_by_text("5 diagrams, 5 with a reference").first.wait_for()
     page.get_by_role("button", name="Run the evaluation").click()
-    page.get_by_text(re.compile(r"^Item 2 of 5")).wait_for()
+    page.get_by_text(re.compile(r"^Item 2 of 5")).first.wait_for()
     page.get_by_role("button", name="Stop", exact=True).click()
-    page.get_by_text(re.compile(r"^[1-4] of 5 items done · interrupted$")).wait_for()  # where Stop landed
+    page.get_by_text(re.compile(r"^[1-4] of 5 items done · interrupted$")).first.wait_for()  # where Stop landed
     page.get_by_role("button", name=re.compile(r"^Resume \([1-4] items to run\)")).click()
-    page.get_by_text("5 of 5 items done · done").wait_for(timeout=180_000)
-    page.get_by_text("Item 1 of 5").wait_for()
+    page.get_by_text("5 of 5 items done · done").first.wait_for(timeout=180_000)
+    page.get_by_text("Item 1 of 5").first.wait_for()
     page.locator("body").press("a")  # the "A better" button's shortcut
-    page.get_by_text(re.compile(r"^Item 2 of 5")).wait_for()
+    page.get_by_text(re.compile(r"^Item 2 of 5")).first.wait_for()
     with page.expect_download() as download:
         page.get_by_role("button", name="Export JSON Lines").click()
     lines = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
@@ -248,7 +252,7 @@ def test_set_evaluation_with_stop_resume_verdicts_and_export(browser, app_url, t
     assert all(line["scores"]["A"]["chrf"] is not None for line in lines[1:])
     screenshot(page, output_dir / "playground-evaluation.png")
     page.get_by_role("tab", name="Scores").click()
-    page.get_by_text("chrF A − B per item").wait_for()
+    page.get_by_text("chrF A − B per item").first.wait_for()
     screenshot(page, output_dir / "playground-evaluation-scores.png")
     page.close()
 
@@ -257,10 +261,10 @@ def test_history_survives_a_restart_of_the_playground(browser, app_url, worker, 
     """A second playground on the same history directory lists what the first recorded and repeats a run."""
     page = open_page(browser, app_url)
     page.get_by_role("button", name="Use a sample diagram").click()
-    page.get_by_text("sample-order-process.png: PNG").wait_for()
+    page.get_by_text("sample-order-process.png: PNG").first.wait_for()
     set_max_tokens(page, 12)
     page.get_by_role("button", name="Generate").click()
-    page.get_by_text(re.compile(r"^done \((length|stop)\)$")).wait_for()
+    page.get_by_text(re.compile(r"^done \((length|stop)\)$")).first.wait_for()
     page.close()
     entries = HistoryStore(history).list_entries()
     latest = entries[0]
@@ -269,14 +273,15 @@ def test_history_survives_a_restart_of_the_playground(browser, app_url, worker, 
         open_tab(page, "History")
         for entry in entries[:8]:
             kind = "Run" if entry.kind == "run" else "Evaluation"
-            page.get_by_text(f"{kind} {entry.id} · {entry.title} · {entry.status} · {entry.created_at}").wait_for()
+            label = f"{kind} {entry.id} · {entry.title} · {entry.status} · {entry.created_at}"
+            page.get_by_text(label).first.wait_for()
         page.get_by_text(f"Run {latest.id} · {latest.title}").click()
         page.get_by_role("button", name="Repeat (same seed)").first.wait_for()
         screenshot(page, output_dir / "playground-history.png")
         page.get_by_role("button", name="Repeat (same seed)").first.click()
         open_tab(page, "Run")
-        page.get_by_text(re.compile(rf"^Run {latest.id + 1} · single · \d{{4}}-")).wait_for()
-        page.get_by_text(re.compile(r"^done \((length|stop)\)$")).wait_for()
+        page.get_by_text(re.compile(rf"^Run {latest.id + 1} · single · \d{{4}}-")).first.wait_for()
+        page.get_by_text(re.compile(r"^done \((length|stop)\)$")).first.wait_for()
         page.close()
     original, repeated = HistoryStore(history).runs([latest.id, latest.id + 1])
     assert repeated.settings == original.settings and repeated.outputs[0].text == original.outputs[0].text

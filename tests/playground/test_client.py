@@ -162,7 +162,7 @@ async def test_status_and_list_adapters(worker, demo):
     async with WorkerClient(worker.url) as client:
         status, adapters = await asyncio.gather(client.status(), client.list_adapters())
         assert await client.ping() < 5
-    assert status.ready is True and status.model == str(demo.model_dir) and status.vision is True
+    assert status.ready is True and status.model == demo.model_dir.name and status.vision is True
     assert status.limits["max_new_tokens"] == worker.settings.max_new_tokens
     assert [a.name for a in adapters] == ["demo-a", "demo-b"]
     assert all(a.rank == 8 and a.digest for a in adapters)

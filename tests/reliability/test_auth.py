@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import urllib.error
 import urllib.request
 
@@ -71,3 +72,32 @@ def test_token_never_appears_in_status_or_health(locked):
     assert TOKEN not in get(locked, "/health")[1]
     with Client(locked.url + f"/?token={TOKEN}") as c:
         assert TOKEN not in json.dumps(c.request({"type": "status"}, "status"))
+
+
+def test_debug_log_of_handshakes_never_shows_the_token(locked, caplog):
+    """At LOG_LEVEL=debug websockets logs every request line and header: the token is redacted in both."""
+    caplog.set_level(logging.DEBUG, logger="websockets.server")
+    with Client(locked.url + "/", additional_headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        c.request({"type": "ping"}, "pong")
+    with Client(locked.url + f"/?token={TOKEN}&x=1") as c:
+        c.request({"type": "ping"}, "pong")
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name == "websockets.server")
+    assert "< Authorization: [redacted]" in logged and "token=[redacted]&x=1" in logged, "the handshakes were logged"
+    assert TOKEN not in logged
+
+
+def test_health_names_the_model_without_its_path(worker, demo):
+    """Unauthenticated /health says which model (a hub id, or a local directory's name), not where it is."""
+    status, body = get(worker, "/health")
+    assert status == 200 and json.loads(body)["model"] == demo.model_dir.name
+    assert str(demo.root) not in body and "/tmp" not in body
+    with Client(worker.url) as c:
+        assert str(demo.root) not in json.dumps(c.request({"type": "status"}, "status"))
+
+
+def test_adapter_errors_do_not_reveal_the_servers_paths(worker, demo):
+    """adapter_not_found names the adapter, not the store's directory on the server."""
+    with Client(worker.url) as c:
+        err = c.load("no-such-adapter")
+    assert err["code"] == "adapter_not_found" and "no-such-adapter" in err["message"]
+    assert str(demo.store_dir) not in err["message"] and "/" not in err["message"], err["message"]

@@ -116,6 +116,52 @@ def test_sigterm_lets_running_streams_finish_and_exits_0(demo):
     assert any("stopped" in line for line in worker.lines)
 
 
+def test_sigterm_keeps_the_port_open_answering_503_for_the_notice_period(demo):
+    """After SIGTERM, with nothing running, /ready and new handshakes get 503 (not a refused connection) for
+    SHUTDOWN_NOTICE_S, so that a load balancer takes the replica out first; then the port closes and exit is 0."""
+    worker = WorkerProcess("--model-name", str(demo.model_dir), "--adapter-store-dir", str(demo.store_dir),
+                           env={"SHUTDOWN_NOTICE_S": "4"})
+    worker.wait_port()
+    worker.wait_ready()
+    with Client(worker.url) as c:
+        worker.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while worker.get("/ready")[0] == 200:
+            assert time.monotonic() < deadline, "/ready never turned 503"
+            time.sleep(0.02)
+        status, body = worker.get("/ready")
+        assert status == 503 and body["draining"] is True
+        with pytest.raises(InvalidStatus) as info:
+            Client(worker.url, open_timeout=3)
+        assert info.value.response.status_code == 503
+        err = c.generate(**greedy(max_tokens=5)).terminal
+        assert err["type"] == "error" and err["code"] == "shutting_down"
+        assert worker.proc.poll() is None, "still serving the notice period"
+    assert worker.proc.wait(60) == 0
+    with pytest.raises(OSError):
+        worker.get("/ready")
+
+
+def test_a_demo_build_killed_midway_leaves_nothing_behind(tmp_path):
+    """SIGKILL while the demo builds into a fresh INFERENCE_DEMO_DIR: the next build removes the .build-* left."""
+    root = tmp_path / "demo"
+    build = [sys.executable, "-c", f"from inference_worker.demo import ensure_demo; ensure_demo({str(root)!r})"]
+    proc = subprocess.Popen(build, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(root.glob(".build-*")):
+            assert proc.poll() is None and time.monotonic() < deadline, "the build never started"
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert list(root.glob(".build-*")), "killed midway"
+    subprocess.run(build, cwd=ROOT, check=True, timeout=300)
+    assert not list(root.glob(".build-*"))
+    assert (root / "demo.json").exists() and (root / "model" / "config.json").exists()
+    assert sorted(p.name for p in (root / "adapters").iterdir() if not p.name.startswith(".")) == ["demo-a", "demo-b"]
+
+
 def test_sigterm_after_grace_ends_streams_with_an_error(demo):
     """With no grace left, running streams end with exactly one error (shutting_down); exit code 0."""
     worker = serve_demo(demo, "--shutdown-grace-s", "0")

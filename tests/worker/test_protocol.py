@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -143,3 +144,89 @@ def test_parser_never_crashes(frame):
         p.parse_client_message(frame)
     except ProtocolError as exc:
         assert exc.code in set(ErrorCode)
+
+
+@pytest.mark.parametrize("frame", [
+    '{"type": "ping", "x": ' + "1" * 5000 + "}",
+    json.dumps(COMPAT_GENERATE)[:-1] + ', "seed": ' + "9" * 4301 + "}",
+])
+def test_an_integer_of_more_than_4300_digits_is_invalid_json(frame):
+    """json.loads raises ValueError (not JSONDecodeError) for such integers: still invalid_json."""
+    assert code_of(frame) == ErrorCode.INVALID_JSON
+
+
+@pytest.mark.parametrize("frame", [
+    '{"type": "generate", "session_id": "\\udc00", "messages": [{"role": "user", "content": "x"}]}',
+    '{"type": "generate", "messages": [{"role": "user", "content": "\\ud800"}]}',
+    '{"type": "generate", "system_prompt": "x\\udfff", "messages": [{"role": "user", "content": "x"}]}',
+    '{"type": "ping", "\\udc00": 1}',
+    '{"type": "cancel", "session_id": "\\udbff"}',
+])
+def test_a_lone_surrogate_is_invalid_message(frame):
+    """Half of a UTF-16 pair is not text; the refusal does not carry it back as a session_id either."""
+    with pytest.raises(ProtocolError) as info:
+        p.parse_client_message(frame)
+    assert info.value.code == ErrorCode.INVALID_MESSAGE and "surrogate" in info.value.message
+    assert info.value.session_id is None
+    p.encode(p.error_message(info.value, session_id=info.value.session_id)).encode("utf-8")  # sendable
+
+
+def test_an_escaped_surrogate_pair_is_one_character():
+    """json.dumps escapes an emoji as a pair: that is valid text."""
+    gen = p.parse_client_message(json.dumps({**COMPAT_GENERATE, "session_id": "s\U0001F600"}))
+    assert gen.session_id == "s\U0001F600"
+
+
+def test_errors_quote_client_input_briefly():
+    """A megabyte field name is shortened in the message, and no error message exceeds 1000 characters."""
+    with pytest.raises(ProtocolError) as info:
+        p.parse_client_message(json.dumps({"type": "ping", "k" * 1_000_000: 1}))
+    assert len(info.value.message) < 300
+    long = p.error_message(ProtocolError("x" * 100_000))
+    assert len(long.message) == p.MAX_ERROR_MESSAGE_CHARS
+
+
+def test_a_frame_with_too_many_json_items_is_refused_before_parsing(monkeypatch):
+    """400,000 messages in 13 MiB: refused on a count of separators, without json.loads or validation."""
+    frame = json.dumps({"type": "generate", "messages": [{"role": "user", "content": "x"}] * 400_000})
+
+    def never(*args, **kwargs):
+        raise AssertionError("the frame was parsed")
+
+    monkeypatch.setattr(p.json, "loads", never)
+    with pytest.raises(ProtocolError) as info:
+        p.parse_client_message(frame)
+    assert info.value.code == ErrorCode.INVALID_MESSAGE and "MAX_FRAME_JSON_ITEMS" in info.value.message
+
+
+@pytest.mark.parametrize(("messages", "what"), [
+    ([{"role": "user", "content": "x"}] * 300, "messages"),
+    ([{"role": "user", "content": [{"type": "text", "text": "x"}] * 300}], "content parts"),
+    ([{"role": "user", "content": [{"type": "text", "text": "x"}] * 100}] * 3, "content parts"),
+])
+def test_messages_and_parts_are_counted_before_models_are_built(monkeypatch, messages, what):
+    """More messages or content parts than the limits: refused before pydantic builds a model per item."""
+    class NoValidation:
+        def validate_python(self, data):
+            raise AssertionError("the models were built")
+
+    monkeypatch.setattr(p, "_client_adapter", NoValidation())
+    with pytest.raises(ProtocolError) as info:
+        p.parse_client_message(json.dumps({**COMPAT_GENERATE, "messages": messages}))
+    assert info.value.code == ErrorCode.INVALID_MESSAGE and f"too many {what}" in info.value.message
+    assert info.value.session_id == COMPAT_GENERATE["session_id"]
+
+
+@pytest.mark.parametrize("frame", [
+    json.dumps({"type": "ping", "x": "A" * 1_000_000}),
+    json.dumps({**COMPAT_GENERATE, "top_k": "x", "system_prompt": "A" * 1_000_000}),
+    '{"type": "ping", "x": "' + "A" * 1_000_000,
+    json.dumps({**COMPAT_GENERATE, "session_id": "\udc00", "system_prompt": "A" * 1_000_000}),
+])
+def test_a_refused_frame_is_not_kept_alive_by_a_reference_cycle(frame):
+    """Once the error is handled the frame is freed at once, not at the next garbage collection (hundreds of MB
+    piled up under a stream of refused 16 MiB frames)."""
+    before = sys.getrefcount(frame)
+    with pytest.raises(ProtocolError):
+        p.parse_client_message(frame)
+    assert sys.getrefcount(frame) == before

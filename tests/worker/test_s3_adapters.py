@@ -119,6 +119,7 @@ def test_store_failures_over_the_socket(s3_worker, bucket, demo, publisher, tmp_
         for ref, code in cases.items():
             err = c.load(ref)
             assert err["type"] == "error" and err["code"] == code, (ref, err)
+            assert s3_worker.settings.minio_endpoint not in err["message"], "the endpoint is the server's layout"
         assert c.generate(**greedy(max_tokens=5)).terminal["type"] == "done"
     cache = s3_worker.settings.adapter_cache_dir
     assert not list(cache.rglob("escape.json")) and not (cache.parent / "escape.json").exists()
@@ -181,6 +182,7 @@ def test_store_outage_mid_session(s3_worker, s3, demo, publisher, tmp_path):
         try:
             err = c.load("outage")
             assert err["code"] == "store_unavailable" and err["retryable"] is True
+            assert s3.endpoint not in err["message"] and "s3://" in err["message"], err["message"]
             assert c.request({"type": "list_adapters"}, "error")["code"] == "store_unavailable"
             assert c.generate(**greedy(max_tokens=24)).terminal["content"] == before
             assert c.generate(**greedy(max_tokens=5), adapter=None).terminal["type"] == "done"

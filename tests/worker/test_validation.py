@@ -28,14 +28,18 @@ def code_of(v, **fields):
 
 
 def test_limits_are_enforced():
-    """Stop strings, message count and image count are bounded by the settings' limits."""
-    v = validator(max_stop_strings=2, max_stop_length=4, max_images_per_request=1, max_messages=2)
-    assert code_of(v, stop=["a", "b", "c"]) == ErrorCode.INVALID_MESSAGE
+    """Stop string length and the image count are bounded by the settings' limits (the counts of messages, parts and
+    stop strings by the parser's)."""
+    v = validator(max_stop_length=4, max_images_per_request=1)
     assert code_of(v, stop=["abcde"]) == ErrorCode.INVALID_MESSAGE
-    assert code_of(v, messages=[{"role": "user", "content": "x"}] * 3) == ErrorCode.INVALID_MESSAGE
     two_images = [{"role": "user", "content": [{"type": "image", "image": "aGk="}] * 2}]
     assert code_of(v, messages=two_images) == ErrorCode.IMAGE_TOO_LARGE
     v.check(p.parse_client_message(json.dumps({**TEXT, "stop": ["a", "abcd"]})))
+    limits = Settings(max_stop_strings=2, max_chat_messages=2).parse_limits()
+    for fields in ({"stop": ["a", "b", "c"]}, {"messages": [{"role": "user", "content": "x"}] * 3}):
+        with pytest.raises(ServiceError) as info:
+            p.parse_client_message(json.dumps({**TEXT, **fields}), limits)
+        assert info.value.code == ErrorCode.INVALID_MESSAGE
 
 
 def test_sampling_ranges_come_from_the_settings():
