@@ -70,7 +70,6 @@ class WorkerProcess:
             "--model-name", str(c.model_dir), "--host", "127.0.0.1", "--port", str(self.port),
             "--log-level", "warning", "--device", c.device, "--torch-dtype", c.dtype,
             "--max-loaded-adapters", str(c.max_loaded_adapters),
-            "--shutdown-notice-s", "0",  # no load balancer to give notice to
         ]
         if c.max_batch_rows is not None:  # None: the worker's own default for the device
             args += ["--max-batch-rows", str(c.max_batch_rows)]
@@ -78,7 +77,11 @@ class WorkerProcess:
             args += ["--adapter-store-dir", str(c.store_dir)]
         if c.cache_dir is not None:
             args += ["--adapter-cache-dir", str(c.cache_dir)]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", **c.s3, **c.env}
+        # Settings newer than a --compare-ref worker go in the environment (an older worker ignores them; it would
+        # refuse an unknown flag).
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+               "SHUTDOWN_NOTICE_S": "0",  # no load balancer to give notice to
+               **c.s3, **c.env}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(args, cwd=c.source_dir, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -105,7 +105,7 @@ class Service:
         self.store, s3_stores = open_stores(s, s.store_dir)
         log.info("adapter store: %s", self.store.describe())
         self.sources = AdapterSources(self.store, local_roots=s.adapter_local_roots, s3_stores=s3_stores)
-        self.engine = engine = await asyncio.to_thread(self._load_engine)
+        self.engine = engine = await self._load_engine()
         self.metrics.model_load_seconds.set(engine.info.load_seconds)
         status = engine.status()
         self.admission = Admission(status.max_running, s.max_queue_size, self.metrics,
@@ -132,18 +132,24 @@ class Service:
         self.ready = True
         self.metrics.ready.set(1)
 
-    def _load_engine(self) -> Engine:
-        """The engine INFERENCE_ENGINE names, with its model loaded (blocking)."""
+    async def _load_engine(self) -> Engine:
+        """The engine INFERENCE_ENGINE names, with its model loaded on the engine's own thread."""
         from .engines.transformers import TransformersEngine
-        from .engines.transformers.model import load_model
+        from .engines.transformers.model import LoadedModel, load_model
 
         s = self.settings
-        lm = load_model(self.model_name, device=s.device, dtype=s.torch_dtype, image_min_pixels=s.image_min_pixels,
-                        image_max_pixels=s.image_max_pixels, max_prompt_tokens=s.max_prompt_tokens)
-        return TransformersEngine(
-            lm, max_running=s.batch_rows_for(lm.info.device), kv_cache_max_bytes=kv_cache_bound(s, lm.info.device),
-            vision_cache_max_bytes=s.vision_cache_max_bytes, on_step=self._on_step,
-        )
+
+        def load() -> LoadedModel:
+            return load_model(self.model_name, device=s.device, dtype=s.torch_dtype,
+                              image_min_pixels=s.image_min_pixels, image_max_pixels=s.image_max_pixels,
+                              max_prompt_tokens=s.max_prompt_tokens)
+
+        def options(lm: LoadedModel) -> dict[str, Any]:
+            device = lm.info.device
+            return {"max_running": s.batch_rows_for(device), "kv_cache_max_bytes": kv_cache_bound(s, device),
+                    "vision_cache_max_bytes": s.vision_cache_max_bytes, "on_step": self._on_step}
+
+        return await asyncio.wrap_future(TransformersEngine.launch(load, options))
 
     def _on_step(self, stats: StepStats) -> None:
         """Metrics of one engine step (called on the engine's thread; the Prometheus client is thread-safe)."""

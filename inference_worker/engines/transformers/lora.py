@@ -11,8 +11,9 @@ The arithmetic is PEFT's (``lora_B(lora_A(x)) * scaling`` added to the base outp
 ``alpha / sqrt(r)`` with rsLoRA; ``rank_pattern``/``alpha_pattern`` per module), so outputs equal PEFT's for the
 same adapter (tested). LoRA variants that change the arithmetic (DoRA, aLoRA, biases, …) are refused at load.
 
-Loading is in two halves: :func:`load_lora_weights` reads and checks the adapter against the model (blocking,
-any thread), :meth:`LoraBank.install` makes it usable (between two forward passes, on the model's thread).
+Loading is in three steps: :func:`read_lora_files` checks the adapter against the model and reads its files
+(blocking I/O, any thread); :func:`build_lora_weights` converts its tensors and :meth:`LoraBank.install` makes it
+usable (on the model's thread, between two forward passes).
 """
 
 from __future__ import annotations
@@ -259,16 +260,25 @@ def check_compatible(bank: LoraBank, facts: AdapterFacts) -> Any:
     return config
 
 
-def load_lora_weights(bank: LoraBank, facts: AdapterFacts, *, device: Any, dtype: torch.dtype) -> LoraWeights:
-    """Check the adapter against the model and read its tensors (blocking; touches no module)."""
-    from peft.utils.other import get_pattern_key
+def read_lora_files(bank: LoraBank, facts: AdapterFacts) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Check the adapter against the model and read its tensors as stored (blocking file I/O, no computation: any
+    thread). Returns its ``LoraConfig`` and the tensors by key."""
     from safetensors.torch import load_file
 
     config = check_compatible(bank, facts)
     try:
-        raw = load_file(str(Path(facts.path) / WEIGHTS_FILE), device=str(device))
+        raw = load_file(str(Path(facts.path) / WEIGHTS_FILE))
     except Exception as exc:
         raise AdapterInvalid(f"cannot read {WEIGHTS_FILE}: {exc}") from None
+    return config, raw
+
+
+def build_lora_weights(bank: LoraBank, facts: AdapterFacts, config: Any, raw: dict[str, torch.Tensor], *,
+                       device: Any, dtype: torch.dtype) -> LoraWeights:
+    """The adapter's tensors on the model's device and dtype, with PEFT's scaling per module (the model's thread:
+    converting and checking large tensors runs parallel torch operations)."""
+    from peft.utils.other import get_pattern_key
+
     tensors: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in raw.items():
         module, _, kind = key.removeprefix(_PEFT_PREFIX).rpartition(".lora_")
@@ -290,7 +300,8 @@ def load_lora_weights(bank: LoraBank, facts: AdapterFacts, *, device: Any, dtype
             raise AdapterInvalid(f"{WEIGHTS_FILE}: module {name} has rank {rank}, the config says {expected}")
         alpha = config.alpha_pattern.get(alpha_key, config.lora_alpha)
         scale = alpha / math.sqrt(rank) if config.use_rslora else alpha / rank
-        a, b = a.to(dtype).contiguous(), b.to(dtype).contiguous()
+        a = a.to(device=device, dtype=dtype).contiguous()
+        b = b.to(device=device, dtype=dtype).contiguous()
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
             raise AdapterInvalid(f"{WEIGHTS_FILE}: module {name} holds non-finite weights (NaN or infinity)")
         modules[name] = ModuleLora(a, b, float(scale), spec.embedding)

@@ -5,14 +5,21 @@ Each turn of the loop, between two forward passes:
 1. run queued control work (adapter installs and removals),
 2. end the requests that were aborted or ran past their deadline (their rows leave the batch at once),
 3. admit waiting requests, first come first served, while the batch has a free row and the KV memory that
-   admission reserves for the whole batch stays under ``KV_CACHE_MAX_BYTES``: each admitted request runs its own
-   prefill (vision encoder, shared through the vision cache, then the prompt) with its own adapter and joins the
-   batch with its first token,
+   admission reserves for the whole batch stays under ``KV_CACHE_MAX_BYTES``: each admitted request is prepared
+   (chat template, image preprocessing, tokenization), runs its own prefill (vision encoder, shared through the
+   vision cache, then the prompt) with its own adapter, and joins the batch with its first token,
 4. run one decode step of every row at once, each row with its own adapter (the batch's ``LoraMapping``), position
    and sampling; rows that finished (end of sequence, stop string, ``max_tokens``) leave.
 
 A request never waits for another one to finish: only for a free row or KV memory. An error in one request (its
-prefill, non-finite logits) ends that request; the others go on. Every request gets exactly one ``Finished``.
+preparation, its prefill, non-finite logits) ends that request; the others go on. Every request gets exactly one
+``Finished``.
+
+Every torch computation of the engine runs on this one thread (the engine's thread also loads the model): on a CPU,
+a second thread that runs parallel torch operations gets an OpenMP team of its own, the cores are then
+oversubscribed and every later decode step is slower (measured on 2 cores: preparing requests on two other threads
+made the 116M model's decode step 30 → 52 ms and its prefill 180 → 400 ms). ``torch.set_num_threads`` cannot confine
+another thread: the count it sets is global and is picked up by threads that start computing later.
 """
 
 from __future__ import annotations
@@ -95,7 +102,13 @@ class Scheduler:
 
     # ---- any thread ------------------------------------------------------------------------------------------
     def start(self) -> None:
+        """Run the loop on a thread of its own (the engine was built on another thread)."""
         self._thread.start()
+
+    def run_here(self) -> None:
+        """Run the loop on the calling thread (the engine's thread, which loaded the model) until ``close``."""
+        self._thread = threading.current_thread()
+        self._run()
 
     def submit(self, seq: Sequence) -> None:
         with self._cond:
@@ -287,17 +300,42 @@ class Scheduler:
     def _admit(self) -> None:
         while self.waiting and len(self.running) < self.max_rows:
             seq = self.waiting[0]
+            if seq.prepared is None and not self._prepare(seq):
+                continue  # it failed and has ended
             if self.kv_reservation(seq) > self.kv_cache_max_bytes:
                 if self.running:
                     return  # first come, first served: it waits for rows to leave
-                self.waiting.popleft()  # the engine refuses these at submission; kept as a guard
-                self._finish(seq, None, InputError(
-                    "this request needs more KV cache memory than KV_CACHE_MAX_BYTES allows even alone",
-                    code=ErrorCode.PROMPT_TOO_LONG))
+                self._finish(seq, None, self._too_big(seq))
                 continue
             self.waiting.popleft()
             self._prefill(seq)
             self._flush()  # the first token leaves now, not after the next decode step
+
+    def _prepare(self, seq: Sequence) -> bool:
+        """Chat template, image preprocessing, tokenization; False if the request failed (and has ended)."""
+        try:
+            seq.prepared = self.lm.prepare(seq.request.turns)
+        except ServiceError as exc:
+            self._finish(seq, None, exc)
+            return False
+        except Exception as exc:
+            log.exception("preparing %s failed", seq.request.request_id)
+            self._finish(seq, None, InternalError(f"preparing the prompt failed: {type(exc).__name__}: {exc}"))
+            return False
+        if seq.reserved_len * self.cache.bytes_per_token > self.kv_cache_max_bytes:
+            self._finish(seq, None, self._too_big(seq))
+            return False
+        return True
+
+    def _too_big(self, seq: Sequence) -> ServiceError:
+        assert seq.prepared is not None
+        need = seq.reserved_len * self.cache.bytes_per_token
+        return InputError(
+            f"the prompt ({seq.prepared.length} tokens) plus max_tokens ({seq.request.sampling.max_tokens}) need "
+            f"{need / 2**20:.1f} MiB of KV cache, more than KV_CACHE_MAX_BYTES allows "
+            f"({self.kv_cache_max_bytes / 2**20:.1f} MiB)",
+            code=ErrorCode.PROMPT_TOO_LONG,
+        )
 
     def _prefill(self, seq: Sequence) -> None:
         prepared = seq.prepared
