@@ -221,7 +221,8 @@ def check_compatible(bank: LoraBank, facts: AdapterFacts) -> Any:
             warnings.simplefilter("ignore")
             config = LoraConfig.from_pretrained(str(facts.path))
     except Exception as exc:
-        raise AdapterInvalid(f"adapter_config.json is not a valid LoRA config: {exc}") from None
+        raise AdapterInvalid(f"adapter_config.json is not a valid LoRA config: {_scrub(exc, facts)}",
+                             detail=f"{facts.path}: {exc}") from None
     variants = _requested_variants(config)
     if variants:
         raise AdapterInvalid(f"LoRA variant {', '.join(variants)} is not supported: only plain LoRA adapters can be "
@@ -269,7 +270,8 @@ def read_lora_files(bank: LoraBank, facts: AdapterFacts) -> tuple[Any, dict[str,
     try:
         raw = load_file(str(Path(facts.path) / WEIGHTS_FILE))
     except Exception as exc:
-        raise AdapterInvalid(f"cannot read {WEIGHTS_FILE}: {exc}") from None
+        raise AdapterInvalid(f"cannot read {WEIGHTS_FILE}: {_scrub(exc, facts)}",
+                             detail=f"{facts.path}: {exc}") from None
     return config, raw
 
 
@@ -310,6 +312,11 @@ def build_lora_weights(bank: LoraBank, facts: AdapterFacts, config: Any, raw: di
         modules=modules, rank=facts.rank, vision=any(bank.is_vision_module(n) for n in modules),
         parameter_bytes=parameter_bytes,
     )
+
+
+def _scrub(exc: BaseException, facts: AdapterFacts) -> str:
+    """A library's error text for a client: without the server's directory of the adapter."""
+    return f"{type(exc).__name__}: {exc}".replace(str(facts.path), "<adapter>")[:300]
 
 
 def _requested_variants(config: Any) -> list[str]:
