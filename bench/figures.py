@@ -129,6 +129,7 @@ class Target:
         self._baseline: InProcess | None = None
         self._worker: WorkerProcess | None = None
         self._previous: WorkerProcess | None = None
+        self._alternative: WorkerProcess | None = None
         self._clients: list[WorkerClient] = []
 
     # ---- requests -----------------------------------------------------------------------------------------------
@@ -189,8 +190,19 @@ class Target:
             self._previous = WorkerProcess(config, log).start()
         return self._previous
 
-    def client(self, adapter: str | None = None) -> WorkerClient:
-        c = self.worker().client()
+    def alternative_worker(self, env: dict[str, str]) -> WorkerProcess:
+        """A second worker with other settings, beside the default one, for a figure that compares the two."""
+        if self._alternative is None:
+            say(f"{self.label}: starting a second worker with {env}")
+            o = self.run.options
+            config = WorkerConfig(self.model_dir, device=o.device, dtype=self.dtype, store_dir=self.store_dir(),
+                                  max_loaded_adapters=8, max_batch_rows=o.max_batch_rows, env=dict(env))
+            log = self.run.logs / f"alternative-worker-{self.model_dir.name}.log"
+            self._alternative = WorkerProcess(config, log).start()
+        return self._alternative
+
+    def client(self, adapter: str | None = None, worker: WorkerProcess | None = None) -> WorkerClient:
+        c = (worker or self.worker()).client()
         self._clients.append(c)
         if adapter is not None:
             c.load_adapter(adapter)
@@ -203,10 +215,10 @@ class Target:
             except Exception:
                 pass
         self._clients.clear()
-        for worker in (self._worker, self._previous):
+        for worker in (self._worker, self._previous, self._alternative):
             if worker is not None:
                 worker.stop()
-        self._worker = self._previous = None
+        self._worker = self._previous = self._alternative = None
 
     def close(self) -> None:
         self.stop_worker()
@@ -769,7 +781,23 @@ def figure5(run: Run, t: Target) -> list[Row]:
         ip.generate(req, peft=True, adapter="bench-b")
         return time.perf_counter() - started
 
+    subjects: dict[str, Callable[[], float]] = {}
+    natural = o.device == "cpu"  # CPU_WEIGHT_LAYOUT only matters there
+    if natural:
+        alt = t.alternative_worker({"CPU_WEIGHT_LAYOUT": "natural"})
+        na, nb = t.client("bench-a", worker=alt), t.client("bench-b", worker=alt)
+        texts.update({"nat-a": [], "nat-b": [], "nat-pair-a": [], "nat-pair-b": []})
+
+        def nat_pair() -> float:
+            wall, (a, b) = threaded([lambda: na.generate(req), lambda: nb.generate(req)])
+            texts["nat-pair-a"].append(a.text)
+            texts["nat-pair-b"].append(b.text)
+            return wall
+
+        subjects = {"natural solo a": lambda: solo(na, "nat-a"), "natural solo b": lambda: solo(nb, "nat-b"),
+                    "natural pair": nat_pair}
     trials = interleave(run, o.trials, {
+        **subjects,
         "worker solo a": lambda: solo(ca, "solo-a"),
         "worker solo b": lambda: solo(cb, "solo-b"),
         "worker pair": pair,
@@ -791,13 +819,32 @@ def figure5(run: Run, t: Target) -> list[Row]:
         run.note(f"figure 5, {t.label}: two adapters streamed side by side do not reproduce their solo outputs")
     s = summarize(w_ratio)
     applies = t.size == "mid"
-    return [
+    rows = [
         Row(5, "A/B: wall time of two adapters streamed side by side ÷ one alone (worker); baseline: in-process "
             "A then B ÷ one", t.label, s, "×", s, summarize(ip_ratio), "×", note=note,
             target="≤ 1.3" if applies else None, met=(s.median <= 1.3) if applies and s else None),
         ratio_row(5, "A/B: wall time of the worker's side-by-side pair ÷ in-process A then B", t.label,
                   trials["worker pair"], trials["in-process a then b"], "s"),
     ]
+    if natural:
+        n_ratio = [p / ((a + b) / 2) for p, a, b in zip(trials["natural pair"], trials["natural solo a"],
+                                                       trials["natural solo b"])]
+        same = all(x == texts["solo-a"][0] for x in texts["nat-a"] + texts["nat-pair-a"]) and all(
+            x == texts["solo-b"][0] for x in texts["nat-b"] + texts["nat-pair-b"])
+        if not same:
+            run.note(f"figure 5, {t.label}: CPU_WEIGHT_LAYOUT=natural writes other text than the default layout")
+        n = summarize(n_ratio)
+        rows += [
+            Row(5, "A/B with CPU_WEIGHT_LAYOUT=natural (a CPU box serving A/B pairs): pair ÷ one alone; baseline: "
+                "the same with the default layout", t.label, n, "×", n, s, "×",
+                note=("outputs identical to the default layout's" if same else "outputs DIFFER from the default "
+                      "layout's"), target="≤ 1.3" if applies else None,
+                met=(n.median <= 1.3) if applies and n else None),
+            ratio_row(5, "one request alone: CPU_WEIGHT_LAYOUT=natural ÷ default layout (wall time)", t.label,
+                      [a + b for a, b in zip(trials["natural solo a"], trials["natural solo b"])],
+                      [a + b for a, b in zip(trials["worker solo a"], trials["worker solo b"])], "s"),
+        ]
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -136,6 +136,13 @@ class Settings(StoreSettings):
         validation_alias=_env("MAX_BATCH_ROWS"),
         description="Requests decoded together in one batch (one row each). Unset: 8 on CPU and MPS, 32 on CUDA.",
     )
+    cpu_weight_layout: Literal["auto", "natural", "transposed"] = Field(
+        "auto",
+        validation_alias=_env("CPU_WEIGHT_LAYOUT"),
+        description="On CPU: natural (weights as loaded; fastest with 1-3 running rows, e.g. one A/B pair) or "
+        "transposed (MLP and output weights stored transposed; fastest with 4+ rows, slower with 2-3). auto: "
+        "transposed when MAX_BATCH_ROWS is 4 or more, else natural. No effect on CUDA or MPS.",
+    )
     kv_cache_max_bytes: int | None = Field(
         None,
         ge=1024 * 1024,
@@ -295,6 +302,12 @@ class Settings(StoreSettings):
         if self.max_batch_rows is not None:
             return self.max_batch_rows
         return 32 if device == "cuda" else 8
+
+    def weight_layout_for(self, device: str) -> str:
+        """CPU_WEIGHT_LAYOUT resolved for the device and the batch bound: natural or transposed."""
+        if self.cpu_weight_layout != "auto":
+            return self.cpu_weight_layout
+        return "transposed" if device == "cpu" and self.batch_rows_for(device) >= 4 else "natural"
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_bytes=self.image_max_bytes, max_source_pixels=self.image_max_source_pixels)

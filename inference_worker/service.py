@@ -135,14 +135,15 @@ class Service:
     async def _load_engine(self) -> Engine:
         """The engine INFERENCE_ENGINE names, with its model loaded on the engine's own thread."""
         from .engines.transformers import TransformersEngine
-        from .engines.transformers.model import LoadedModel, load_model
+        from .engines.transformers.model import LoadedModel, load_model, pick_device
 
         s = self.settings
 
         def load() -> LoadedModel:
-            return load_model(self.model_name, device=s.device, dtype=s.torch_dtype,
+            device = pick_device(s.device)
+            return load_model(self.model_name, device=device, dtype=s.torch_dtype,
                               image_min_pixels=s.image_min_pixels, image_max_pixels=s.image_max_pixels,
-                              max_prompt_tokens=s.max_prompt_tokens)
+                              max_prompt_tokens=s.max_prompt_tokens, cpu_weight_layout=s.weight_layout_for(device))
 
         def options(lm: LoadedModel) -> dict[str, Any]:
             device = lm.info.device

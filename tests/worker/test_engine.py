@@ -25,7 +25,9 @@ ADAPTERS = ("demo-a", "demo-b")
 
 @pytest.fixture(scope="module")
 def engine(demo):
-    eng = TransformersEngine(load_model(str(demo.model_dir), dtype="float32"), max_running=16,
+    # the server's layout on CPU by default (CPU_WEIGHT_LAYOUT=auto with 8 rows); the reference uses the natural one
+    eng = TransformersEngine(load_model(str(demo.model_dir), dtype="float32", cpu_weight_layout="transposed"),
+                             max_running=16,
                              kv_cache_max_bytes=256 << 20, vision_cache_max_bytes=16 << 20)
 
     async def add():
@@ -79,6 +81,28 @@ async def test_batch_equals_alone(engine):
     together = await collect_all(engine, reqs)
     assert [t.text for t in together] == [a.text for a in alone]
     assert [t.tokens for t in together] == [a.tokens for a in alone]
+
+
+async def test_both_weight_layouts_write_the_same(engine, demo):
+    """CPU_WEIGHT_LAYOUT changes speed only: a mixed batch writes the same text with the weights natural."""
+    natural = TransformersEngine(load_model(str(demo.model_dir), dtype="float32", cpu_weight_layout="natural"),
+                                 max_running=16, kv_cache_max_bytes=256 << 20, vision_cache_max_bytes=0)
+    try:
+        for name in ADAPTERS:
+            await natural.add_adapter(name, inspect_adapter(demo.store_dir / name))
+        mlp = natural.lm.model.model.language_model.layers[0].mlp.up_proj.weight
+        assert mlp.is_contiguous() and not engine.lm.model.model.language_model.layers[0].mlp.up_proj.weight \
+            .is_contiguous(), "the two engines really differ in layout"
+        theirs = await collect_all(natural, mixed_requests())
+        ours = await collect_all(engine, mixed_requests())
+        assert [t.text for t in theirs] == [o.text for o in ours]
+    finally:
+        await natural.close()
+
+
+def test_an_unknown_weight_layout_is_refused(demo):
+    with pytest.raises(ValueError, match="natural or transposed"):
+        load_model(str(demo.model_dir), cpu_weight_layout="columns")
 
 
 async def test_requests_joining_halfway_equal_alone(engine):

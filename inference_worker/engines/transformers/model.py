@@ -207,8 +207,16 @@ def _sampling_defaults(gen: Any) -> dict[str, Any]:
 
 
 def load_model(name: str, *, device: str = "auto", dtype: str = "auto", image_min_pixels: int = 64 * 64,
-               image_max_pixels: int = 1024 * 32 * 32, max_prompt_tokens: int = 16384) -> LoadedModel:
-    """Load ``name`` (hub id or directory) with ``from_pretrained``: the path real and demo models share."""
+               image_max_pixels: int = 1024 * 32 * 32, max_prompt_tokens: int = 16384,
+               cpu_weight_layout: str = "natural") -> LoadedModel:
+    """Load ``name`` (hub id or directory) with ``from_pretrained``: the path real and demo models share.
+
+    ``cpu_weight_layout`` (CPU only): ``natural`` keeps the weights as loaded; ``transposed`` stores the MLP and output
+    layer weights transposed, which is faster with four or more running rows and slower with two or three
+    (see :func:`_transpose_wide_weights`).
+    """
+    if cpu_weight_layout not in ("natural", "transposed"):
+        raise ValueError(f"cpu_weight_layout must be natural or transposed, not {cpu_weight_layout!r}")
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
@@ -239,8 +247,8 @@ def load_model(name: str, *, device: str = "auto", dtype: str = "auto", image_mi
         processor = None
         tokenizer = AutoTokenizer.from_pretrained(name)
     _install_lm_head_fix(model)
-    if device == "cpu":
-        _lay_out_for_small_batches(model)
+    if device == "cpu" and cpu_weight_layout == "transposed":
+        _transpose_wide_weights(model)
     info = ModelInfo(
         name=name,
         model_type=config.model_type,
@@ -255,23 +263,31 @@ def load_model(name: str, *, device: str = "auto", dtype: str = "auto", image_mi
                        image_max_pixels=image_max_pixels, max_prompt_tokens=max_prompt_tokens)
 
 
-def _lay_out_for_small_batches(model: Any) -> None:
-    """Store the language model's linear weights transposed (the same values, the same memory).
+WIDE_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
+
+def _transpose_wide_weights(model: Any) -> None:
+    """Store the language model's MLP and output-layer weights transposed (the same values, the same memory).
 
     ``F.linear(x, W)`` multiplies by ``Wᵀ``; with ``W`` a transposed view of a contiguous ``Wᵀ``, MKL gets a plain
-    (not transposed) right-hand matrix, and its kernels for a few rows are faster that way on the CPUs measured here:
-    a decode step of the 116M benchmark model at 8 rows 60.8 → 51.5 ms, 12 rows 70.9 → 57.5 ms, 4 rows 48.1 →
-    44.9 ms, 1 row and prefills unchanged or slightly faster; the same tokens. Only with MKL (x86); the vision tower
-    (prefill only, many rows) is left as it is.
+    (not transposed) right-hand matrix. Its kernels then trade small batches for large ones, on the wide matrices
+    only (measured side by side on this kind of 2-core CPU, 116M benchmark model, ms per decode step with the
+    layout natural → transposed): 1 row 26 → 25, 2 rows 31 → 42, 4 rows 51 → 43, 8 rows 57 → 50, 16 rows 67 → 63;
+    the 2B model's 2048×6144 MLP matrices and its 151936-row output layer the same way. The attention projections
+    are left as they are: they are faster natural at every batch size. Only with MKL (x86); the vision tower
+    (prefill only, many rows) is never changed.
     """
     import torch
 
     if not torch.backends.mkl.is_available():
         return
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     visual = getattr(getattr(model, "model", None), "visual", None)
     skip = {id(p) for p in visual.parameters()} if visual is not None else set()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and id(module.weight) not in skip:
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or id(module.weight) in skip:
+            continue
+        if module is head or name.rsplit(".", 1)[-1] in WIDE_PROJECTIONS:
             weight = module.weight
             if weight.is_contiguous():
                 weight.data = weight.data.t().contiguous().t()
