@@ -274,8 +274,9 @@ def _transpose_wide_weights(model: Any) -> None:
     only (measured side by side on this kind of 2-core CPU, 116M benchmark model, ms per decode step with the
     layout natural → transposed): 1 row 26 → 25, 2 rows 31 → 42, 4 rows 51 → 43, 8 rows 57 → 50, 16 rows 67 → 63;
     the 2B model's 2048×6144 MLP matrices and its 151936-row output layer the same way. The attention projections
-    are left as they are: they are faster natural at every batch size. Only with MKL (x86); the vision tower
-    (prefill only, many rows) is never changed.
+    are left as they are: they are faster natural at every batch size. Only float32 weights with MKL (x86): in
+    bfloat16 (oneDNN's kernels) the transposed layout is slower at every batch size (2B output layer, 1 row: 62 →
+    126 ms); the vision tower (prefill only, many rows) is never changed.
     """
     import torch
 
@@ -289,7 +290,7 @@ def _transpose_wide_weights(model: Any) -> None:
             continue
         if module is head or name.rsplit(".", 1)[-1] in WIDE_PROJECTIONS:
             weight = module.weight
-            if weight.is_contiguous():
+            if weight.dtype == torch.float32 and weight.is_contiguous():
                 weight.data = weight.data.t().contiguous().t()
 
 
