@@ -759,11 +759,12 @@ def evaluation_charts(found: Evaluation, summary: dict[str, Any]) -> dict[str, A
                 latency.append({"side": f"{out.label} · {out.adapter_label}", "measure": "tokens/s",
                                 "value": out.timings.get("tokens_per_s")})
     if latency:
-        charts["latency"] = alt.Chart(pd.DataFrame(latency), title="Latency per item (after the queue)").mark_boxplot(
-            extent="min-max").encode(
+        # the title on the facet, not on the inner chart: there Vega-Lite repeats it above every row
+        charts["latency"] = alt.Chart(pd.DataFrame(latency)).mark_boxplot(extent="min-max").encode(
             x=alt.X("value:Q", title=None), y=alt.Y("side:N", title=None), color=alt.Color("side:N", legend=None),
             tooltip=["side", "value"]).properties(height=90).facet(
-            row=alt.Row("measure:N", title=None)).resolve_scale(x="independent")
+            row=alt.Row("measure:N", title=None), title="Latency per item (after the queue)").resolve_scale(
+            x="independent")
     return charts
 
 
