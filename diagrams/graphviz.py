@@ -37,7 +37,7 @@ def version(path: str) -> str:
 def to_svg(source: bytes, settings: DiagramSettings, timeout_s: float) -> bytes:
     dot = find(settings)
     assert dot is not None  # the caller checked
-    done = process.run(Kind.GRAPHVIZ, [dot, "-Tsvg"], source, timeout_s=timeout_s,
+    done = process.run(Kind.GRAPHVIZ, [dot, "-Tsvg"], source, timeout_s=timeout_s, limit_s=settings.timeout_s,
                        max_memory_bytes=settings.dot_max_memory_mb * 1024 * 1024)
     if any(marker in done.stderr for marker in _FILE_ATTEMPT):
         raise ForbiddenSource(Kind.GRAPHVIZ, "the graph reads a file (image=, shapefile= or an HTML <IMG>): "

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import PurePosixPath
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     BPMN = "bpmn"
     MERMAID = "mermaid"
     GRAPHVIZ = "graphviz"

@@ -20,6 +20,10 @@ BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL":
             "SERVER_NAME": "diagram-renderer"}
 
 
+def timeout_message(limit_s: float) -> str:
+    return f"the render took longer than {limit_s:g} s (DIAGRAM_TIMEOUT_S) and was stopped"
+
+
 @dataclass(frozen=True)
 class Finished:
     returncode: int
@@ -27,9 +31,9 @@ class Finished:
     stderr: str
 
 
-def run(kind: Kind, argv: list[str], source: bytes, *, timeout_s: float, env: dict[str, str] | None = None,
-        max_memory_bytes: int | None = None) -> Finished:
-    """Run ``argv`` in an empty temporary directory; :class:`RenderTimeout` (the process group killed) past the limit."""
+def run(kind: Kind, argv: list[str], source: bytes, *, timeout_s: float, limit_s: float,
+        env: dict[str, str] | None = None, max_memory_bytes: int | None = None) -> Finished:
+    """Run ``argv`` in an empty temporary directory; past the limit its process group is killed (RenderTimeout)."""
     with tempfile.TemporaryDirectory(prefix="diagram-") as workdir:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 cwd=workdir, env={**BASE_ENV, "HOME": workdir, **(env or {})},
@@ -43,8 +47,7 @@ def run(kind: Kind, argv: list[str], source: bytes, *, timeout_s: float, env: di
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-            raise RenderTimeout(kind, f"the render took longer than {timeout_s:g} s (DIAGRAM_TIMEOUT_S) and was "
-                                      f"stopped") from None
+            raise RenderTimeout(kind, timeout_message(limit_s)) from None
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -23,15 +23,15 @@ from typing import Any
 
 from PIL import Image
 
-from . import graphviz, pages, plantuml
+from . import graphviz, pages, plantuml, process
 from . import xml as safe_xml
 from .chromium import BrowserUnavailable, Chromium
 from .errors import (
     DiagramError,
     InvalidSource,
     OutputTooLarge,
-    RenderFailed,
     RendererMissing,
+    RenderFailed,
     RenderTimeout,
     SourceTooLarge,
     UnknownKind,
@@ -173,8 +173,7 @@ class DiagramRenderer:
     def _left(self, kind: Kind, deadline: float) -> float:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise RenderTimeout(kind, f"the render took longer than {self.settings.timeout_s:g} s "
-                                      f"(DIAGRAM_TIMEOUT_S) and was stopped")
+            raise RenderTimeout(kind, process.timeout_message(self.settings.timeout_s))
         return left
 
     def _browser(self, kind: Kind, job: Any, deadline: float, *, javascript: bool, viewport: tuple[int, int]) -> Any:
@@ -182,8 +181,7 @@ class DiagramRenderer:
         try:
             return self.chromium.run(job, timeout_s=timeout_s, javascript=javascript, viewport=viewport)
         except TimeoutError:
-            raise RenderTimeout(kind, f"the render took longer than {self.settings.timeout_s:g} s "
-                                      f"(DIAGRAM_TIMEOUT_S) and was stopped") from None
+            raise RenderTimeout(kind, process.timeout_message(self.settings.timeout_s)) from None
         except BrowserUnavailable as exc:
             raise RendererMissing(kind, f"{exc} ({INSTALL_CHROMIUM})") from None
         except DiagramError as exc:

@@ -2,10 +2,10 @@
 
 | variable | default | meaning |
 |---|---|---|
-| ``DIAGRAM_MAX_SOURCE_BYTES`` | ``1048576`` | size of a diagram source (1 MiB); more is refused before anything parses it |
+| ``DIAGRAM_MAX_SOURCE_BYTES`` | ``1048576`` | size of a diagram source (1 MiB); more is refused unread |
 | ``DIAGRAM_MAX_XML_ELEMENTS`` | ``50000`` | elements of a BPMN or SVG document (and of any renderer's SVG) |
 | ``DIAGRAM_MAX_SVG_BYTES`` | ``16777216`` | size of the SVG a renderer produces (16 MiB) |
-| ``DIAGRAM_TIMEOUT_S`` | ``20`` | time limit of one render, rasterising included; then the process is killed or the page closed |
+| ``DIAGRAM_TIMEOUT_S`` | ``20`` | one render, rasterising included; then its process is killed or its page closed |
 | ``DIAGRAM_SCALE`` | ``2.0`` | pixels per CSS pixel of the diagram's own size (2: as sharp as a HiDPI screen) |
 | ``DIAGRAM_MAX_PIXELS`` | ``8000000`` | width × height of the PNG; a larger picture is scaled down to fit … |
 | ``DIAGRAM_MAX_SIDE`` | ``8000`` | … and so is one wider or taller than this … |
@@ -17,7 +17,7 @@
 | ``DIAGRAM_CHROMIUM_PATH`` | ``/usr/bin/chromium`` | Debian's Chromium (bpmn-js, Mermaid, and rasterising every SVG) |
 | ``DIAGRAM_DOT_PATH`` | ``dot`` | Graphviz's ``dot`` (a name on ``PATH`` or a path) |
 | ``DIAGRAM_JAVA_PATH`` | ``java`` | the Java runtime PlantUML runs on |
-| ``DIAGRAM_NODE_MODULES`` | ``diagrams/node_modules`` | where ``make renderers`` (``npm ci``) put bpmn-js, mermaid and the PlantUML jar |
+| ``DIAGRAM_NODE_MODULES`` | ``diagrams/node_modules`` | bpmn-js, mermaid and the PlantUML jar (``make renderers``) |
 """
 
 from __future__ import annotations
