@@ -1,4 +1,4 @@
-"""Fixtures of the renderer tests: one renderer (one Chromium) for the session, sample sources, tripwires."""
+"""Fixtures of the renderer tests: tripwires for files and the network (the renderer is tests/conftest.py's)."""
 
 from __future__ import annotations
 
@@ -10,24 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from diagrams import DiagramRenderer, DiagramSettings, Kind
+from ..conftest import DIAGRAMS_DATA as DATA
+from ..conftest import require
 
-DATA = Path(__file__).resolve().parent / "data"
-
-
-def require(renderer: DiagramRenderer, *kinds: Kind) -> None:
-    """Skip where a renderer is not installed (``make renderers``); in CI (``CI`` set) that is a failure."""
-    missing = [f"{kind.label}: {why}" for kind in kinds if (why := renderer.missing(kind)) is not None]
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail("renderers missing in CI: " + "; ".join(missing))
-        pytest.skip("; ".join(missing))
-
-
-@pytest.fixture(scope="session")
-def renderer() -> Iterator[DiagramRenderer]:
-    with DiagramRenderer(DiagramSettings()) as shared:
-        yield shared
+__all__ = ["DATA", "require"]
 
 
 class Tripwire:
