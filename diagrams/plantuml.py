@@ -66,7 +66,8 @@ def to_svg(source: bytes, settings: DiagramSettings, timeout_s: float, dot: str 
     env = {"PLANTUML_SECURITY_PROFILE": "SANDBOX"}
     if dot is not None:
         env["GRAPHVIZ_DOT"] = dot
-    done = process.run(Kind.PLANTUML, _argv(settings, java, jar), source, timeout_s=timeout_s, limit_s=settings.timeout_s, env=env)
+    done = process.run(Kind.PLANTUML, _argv(settings, java, jar), source, timeout_s=timeout_s,
+                       limit_s=settings.timeout_s, env=env)
     if done.returncode != 0:
         lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
         if "ERROR" in lines:  # Java may log other things first (its preferences directory, say)
