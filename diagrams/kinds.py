@@ -39,9 +39,12 @@ RENDERED_BY = {Kind.BPMN: "bpmn-js in Chromium", Kind.MERMAID: "mermaid in Chrom
 
 
 def kind_of(name: str | None, declared: Kind | str | None = None) -> Kind | None:
-    """The declared kind (a :class:`Kind` or its value), else the one the file name's suffix says, else None."""
+    """The declared kind (a :class:`Kind` or its value), else the one the file name's suffix says; None: neither."""
     if declared is not None:
-        return Kind(declared)
+        try:
+            return Kind(declared)
+        except ValueError:
+            return None
     if not name:
         return None
     return SUFFIXES.get(PurePosixPath(name).suffix.casefold())
