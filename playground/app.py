@@ -23,6 +23,7 @@ import asyncio
 import os
 import sys
 import time
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -34,13 +35,24 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from diagrams import SUFFIXES as DIAGRAM_SUFFIXES
+from diagrams import default_renderer
 from inference_worker.protocol import AdapterItem, AdapterProgress, Status
 from playground import eval as evaluation_lib
 from playground.client import DEFAULT_URL, WorkerClient, describe_progress, user_message
 from playground.diff import describe_divergence, diff_html, first_divergence, inert_markdown, word_diff
 from playground.eval import EvalItem, Evaluation, SetError, item_row, load_set, new_evaluation, summarize
 from playground.history import VERDICTS, Output, RunRecord, chart_rows, code_span, first_token_ms, to_json, to_markdown
-from playground.images import ImageInput, data_url_bytes, human_bytes, load_image, sample_diagram, thumbnail_data_url
+from playground.images import (
+    ImageInput,
+    UploadError,
+    data_url_bytes,
+    human_bytes,
+    is_diagram_source,
+    load_image,
+    load_upload,
+    sample_diagram,
+)
 from playground.runs import (
     BASE_MODEL,
     DEFAULT_PROMPT,
@@ -67,6 +79,8 @@ SINGLE, AB = "Single", "A/B"
 RUN_TAB, EVAL_TAB, HISTORY_TAB = "Run", "Evaluate a set", "History"
 LANE_HEIGHT = 420
 HISTORY_PAGE = 50
+IMAGE_TYPES = ["png", "jpg", "jpeg", "webp"]
+SOURCE_TYPES = [suffix.removeprefix(".") for suffix in DIAGRAM_SUFFIXES]
 # Streamlit's own running indicator has a Stop of its own, and the toolbar offers Deploy: neither belongs here.
 PAGE_CSS = """<style>
 [data-testid="stStatusWidget"], [data-testid="stAppDeployButton"], [data-testid="stMainMenu"] {display: none;}
@@ -207,12 +221,47 @@ def clear_image() -> None:
     st.session_state.upload_gen += 1
 
 
-def current_image(uploaded: Any) -> ImageInput | None:
-    """The uploaded file, else the image picked without the uploader (the sample, a repeated run's image)."""
+@st.cache_data(show_spinner="Drawing the diagram…", max_entries=256)
+def drawn(name: str, data: bytes) -> ImageInput | UploadError:
+    """A diagram source drawn once per content (Streamlit reruns the page on every click). A render that ran out of
+    time is not kept: it may work next time."""
+    try:
+        return load_upload(name, data)
+    except UploadError as exc:
+        if exc.code == "timeout":
+            raise
+        return exc
+
+
+def upload(name: str, data: bytes) -> ImageInput:
+    """A picture as it is, a diagram source drawn as PNG (:class:`UploadError` when it cannot be drawn)."""
+    if not is_diagram_source(name):
+        return load_image(name, data)
+    found = drawn(name, data)
+    if isinstance(found, UploadError):
+        raise found
+    return found
+
+
+def renderers_note() -> str:
+    """Which diagram sources this playground draws, and what is missing for the others (and how to install it)."""
+    available = default_renderer().available()
+    ready = [kind.label for kind, missing in available.items() if missing is None]
+    note = f"Diagram sources are drawn as pictures first: {', '.join(ready) or 'none can be here'}."
+    absent = [f"{kind.label}: {missing}" for kind, missing in available.items() if missing is not None]
+    return note + (" Cannot draw " + "; ".join(absent) + "." if absent else "")
+
+
+def current_image(uploaded: Any) -> tuple[ImageInput | None, str | None]:
+    """The uploaded file (drawn first if it is a diagram source), else the image picked without the uploader (the
+    sample, a repeated run's image); or why the upload cannot be used."""
     if uploaded is not None:
-        return load_image(uploaded.name, uploaded.getvalue())
+        try:
+            return upload(uploaded.name, uploaded.getvalue()), None
+        except UploadError as exc:
+            return None, str(exc)
     source: ImageInput | None = st.session_state.image_source
-    return source
+    return source, None
 
 
 def upload_limit_mb(image_max_bytes: int) -> int:
@@ -431,9 +480,7 @@ def start_run(image: ImageInput | None, params: Params, picks: list[tuple[str, s
         settings={"prompt": st.session_state.prompt.strip(),
                   "system_prompt": st.session_state.system_prompt.strip() or None, **params.request_fields()},
         outputs=[Output(label=label, adapter=adapter_of(name)) for label, name in picks],
-        image=None if image is None else {
-            "name": image.name, "mime": image.mime, "bytes": image.size, "width": image.width,
-            "height": image.height, "sha256": image.sha256, "thumbnail": thumbnail_data_url(image.data)},
+        image=None if image is None else image.record(),
     )
     if store is not None:
         store.add_run(record, image.data if image is not None else None)  # recorded before it starts
@@ -446,15 +493,19 @@ def run_tab(info: WorkerInfo, limits: dict[str, Any], params: Params, options: l
     left, right = st.columns([2, 3], gap="large")
     with left:
         image_max = int(limits["image_max_bytes"])
-        uploaded = st.file_uploader(f"Diagram (PNG, JPEG or WebP, at most {human_bytes(image_max)})",
-                                    type=["png", "jpg", "jpeg", "webp"], key=f"upload-{st.session_state.upload_gen}",
+        uploaded = st.file_uploader(f"Diagram (PNG, JPEG or WebP, at most {human_bytes(image_max)}; or a BPMN, "
+                                    f"Mermaid, Graphviz, PlantUML or SVG source)", type=IMAGE_TYPES + SOURCE_TYPES,
+                                    key=f"upload-{st.session_state.upload_gen}",
                                     max_upload_size=upload_limit_mb(image_max))
+        st.caption(renderers_note())
         b1, b2 = st.columns(2)
         b1.button("Use a sample diagram", key="sample", on_click=use_sample, width="stretch")
-        image = current_image(uploaded)
+        image, refused = current_image(uploaded)
         if image is not None and uploaded is None:
             b2.button("Clear the diagram", key="clear_image", on_click=clear_image, width="stretch")
-        if image is None:
+        if refused is not None:
+            st.error(refused)
+        elif image is None:
             st.caption("No diagram yet: the prompt is sent alone.")
         elif image.mime is None:
             st.warning(f"{image.describe()}. This is not a PNG, JPEG or WebP file; the worker will refuse it.")
@@ -564,7 +615,7 @@ def eval_tab(limits: dict[str, Any], params: Params, options: list[str], facts: 
         st.markdown("**New evaluation**")
         files = st.file_uploader(
             "Diagrams, with references (a .md or .txt of the same name), or a zip of both",
-            type=["png", "jpg", "jpeg", "webp", "zip", "md", "txt"], accept_multiple_files=True,
+            type=[*IMAGE_TYPES, *SOURCE_TYPES, "zip", "md", "txt"], accept_multiple_files=True,
             key=f"eval_upload-{st.session_state.eval_upload_gen}",
             max_upload_size=max(1, SETTINGS.eval_max_archive_bytes // 1_000_000))
         loaded = None
@@ -572,7 +623,7 @@ def eval_tab(limits: dict[str, Any], params: Params, options: list[str], facts: 
             try:
                 loaded = load_set([(f.name, f.getvalue()) for f in files], max_items=SETTINGS.eval_max_items,
                                   max_bytes=SETTINGS.eval_max_archive_bytes,
-                                  image_max_bytes=int(limits["image_max_bytes"]))
+                                  image_max_bytes=int(limits["image_max_bytes"]), load=upload)
             except SetError as exc:
                 st.error(str(exc))
             if loaded is not None:
@@ -842,7 +893,9 @@ def repeat_run(run_id: int) -> None:
     else:
         s.mode, s.adapter = SINGLE, pick_of(record.outputs[0].adapter)
     data = store.image(record.image["sha256"]) if record.image else None
-    s.image_source = load_image(record.image["name"], data) if record.image and data is not None else None
+    # The stored picture (a diagram source's drawing too: it is not drawn again), with the source it came from.
+    s.image_source = replace(load_image(record.image["name"], data), source=record.image.get("source")) \
+        if record.image and data is not None else None
     s.upload_gen += 1
     s.pending_go = True
     st.toast(f"Run {run_id} runs again in the “{RUN_TAB}” tab, with seed {record.settings.get('seed')}.")
@@ -902,7 +955,9 @@ def history_tab(store: HistoryStore | None, url: str) -> None:
 def render_history_run(record: RunRecord) -> None:
     left, right = st.columns([1, 4])
     if record.image and record.image.get("thumbnail"):
-        left.image(data_url_bytes(record.image["thumbnail"]), caption=record.image["name"])
+        source = record.image.get("source")
+        left.image(data_url_bytes(record.image["thumbnail"]), caption=record.image["name"] + (
+            f" ({source['label']} source, sha256 {source['sha256'][:12]}…)" if source else ""))
     elif record.image:
         left.caption(f"{record.image['name']} (no preview)")
     else:

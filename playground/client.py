@@ -20,7 +20,8 @@ Failures are typed and carry a stable ``code`` and ``retryable``: :class:`Worker
 before sending, or ``message_too_big``) and :class:`BadFrame` (the worker sent something outside the protocol).
 
 Command line: ``python -m playground.client --image diagram.png [--adapter NAME] [--url ws://...] "prompt"`` streams
-the answer to stdout and prints timings to stderr (see ``--help``).
+the answer to stdout and prints timings to stderr (see ``--help``); ``--image process.bpmn`` (or any diagram source
+:mod:`diagrams` draws) is rendered as a PNG before it is sent.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.protocol import State
 
+from diagrams import DiagramError, describe_kinds, kind_of, render_async
 from inference_worker.errors import ProtocolError
 from inference_worker.images import mime_type
 from inference_worker.protocol import (
@@ -560,7 +562,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("prompt", help="the instruction, e.g. 'Describe this diagram as a Markdown table'")
     parser.add_argument("--image", action="append", type=Path, default=[], metavar="FILE",
-                        help="PNG, JPEG or WebP image, sent before the prompt (repeatable)")
+                        help="PNG, JPEG or WebP image, sent before the prompt (repeatable); a diagram source is "
+                             f"drawn as PNG first: {describe_kinds()}")
     parser.add_argument("--adapter", help="LoRA adapter to use (default: the base model)")
     parser.add_argument("--url", default=os.environ.get("INFERENCE_WS_URL", DEFAULT_URL),
                         help="worker URL (default: $INFERENCE_WS_URL or %(default)s)")
@@ -598,10 +601,19 @@ async def _run_cli(args: argparse.Namespace, out: Any, err: Any) -> int:
     images = []
     for path in args.image:
         try:
-            images.append(path.read_bytes())
+            data = path.read_bytes()
         except OSError as exc:
             print(f"error: cannot read image {str(path)!r}: {exc.strerror or exc}", file=err)
             return EXIT_USAGE
+        if kind_of(path.name) is not None:  # a diagram source: drawn here (on a thread), the worker gets a picture
+            try:
+                rendered = await render_async(data, name=path.name)
+            except DiagramError as exc:
+                print(f"error: {path.name}: {exc}", file=err)
+                return EXIT_USAGE
+            print(f"{path.name}: {rendered.describe()}", file=err, flush=True)
+            data = rendered.png
+        images.append(data)
     messages = [user_message(args.prompt, images=images)]
     async with WorkerClient(args.url, token=args.token) as client:
         if args.adapter:

@@ -2,8 +2,9 @@
 
     python -m playground.eval diagrams.zip --a team-bpmn-v2 --b team-bpmn-v1 --out results/
 
-A set is images (PNG, JPEG, WebP), loose or in a zip, each optionally with a reference description: a ``.md`` or
-``.txt`` file with the same stem (``order.png`` + ``order.md``; in a zip, in the same folder). Every item runs with
+A set is images (PNG, JPEG, WebP) or diagram sources (BPMN, Mermaid, Graphviz, PlantUML, SVG: drawn as PNG by
+:mod:`diagrams` when the set is loaded), loose or in a zip, each optionally with a reference description: a ``.md``
+or ``.txt`` file with the same stem (``order.png`` + ``order.md``; in a zip, in the same folder). Every item runs with
 adapter A and adapter B (``None``: the base model) on the same prompt, system prompt, parameters and seed; both
 requests of an item go out together on one connection, so the worker runs them in the same batch.
 
@@ -29,22 +30,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from diagrams import SUFFIXES as DIAGRAM_SUFFIXES
+from diagrams import describe_kinds
+
 from .client import DEFAULT_URL, PlaygroundError, WorkerClient, user_message
 from .diff import Divergence, compare, describe_divergence
 from .history import VERDICTS, Output, code_span, first_token_ms, longest_backtick_run, now_iso
-from .images import ImageInput, human_bytes, load_image, thumbnail_data_url
+from .images import ImageInput, UploadError, human_bytes, load_upload
 from .runs import DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, Event, Params, run_outputs
 from .scoring import chrf, mean, paired_bootstrap, row_scores
 from .settings import PlaygroundSettings
 from .store import HistoryStore, StoreError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", *DIAGRAM_SUFFIXES)  # pictures, and sources drawn as pictures
 REFERENCE_SUFFIXES = (".md", ".txt")
 REFERENCE_MAX_BYTES = 1024 * 1024
 # Errors that say the worker itself is gone: the evaluation stops there instead of failing every remaining item.
 UNAVAILABLE = {"unreachable", "timeout", "disconnected", "shutting_down", "loading", "unauthorized", "bad_url",
                "handshake_failed"}
 SIDES = ("A", "B")
+NOT_A_DIAGRAM = f"PNG, JPEG, WebP, or a source: {describe_kinds()}"
 
 
 class SetError(Exception):
@@ -100,7 +105,7 @@ def _files_of(name: str, data: bytes, max_bytes: int, problems: list[str]) -> li
             if any(p.startswith(".") or p == "__MACOSX" for p in parts):
                 continue  # macOS resource forks, hidden files
             if not member.filename.casefold().endswith(IMAGE_SUFFIXES + REFERENCE_SUFFIXES):
-                problems.append(f"{member.filename}: not a diagram (PNG, JPEG, WebP) or a reference (.md, .txt)")
+                problems.append(f"{member.filename}: not a diagram ({NOT_A_DIAGRAM}) or a reference (.md, .txt)")
                 continue
             with archive.open(member) as f:
                 content = f.read(member.file_size + 1)
@@ -111,11 +116,13 @@ def _files_of(name: str, data: bytes, max_bytes: int, problems: list[str]) -> li
 
 
 def load_set(files: Sequence[tuple[str, bytes]], *, max_items: int = 200, max_bytes: int = 256 * 1024 * 1024,
-             image_max_bytes: int | None = None) -> LoadedSet:
-    """Read uploaded files (images, references, zips of both) into the items of a set, sorted by name.
+             image_max_bytes: int | None = None,
+             load: Callable[[str, bytes], ImageInput] = load_upload) -> LoadedSet:
+    """Read uploaded files (images, diagram sources, references, zips of them) into the items of a set, by name.
 
-    A reference pairs with the image of the same stem. Files that cannot be used are left out with a reason in
-    ``problems``; a set that cannot be used at all raises :class:`SetError`.
+    A reference pairs with the image of the same stem. ``load`` reads a picture or draws a source (it blocks: call
+    this on a thread from an event loop). Files that cannot be used are left out with a reason in ``problems``; a set
+    that cannot be used at all raises :class:`SetError`.
     """
     problems: list[str] = []
     total = sum(len(data) for _, data in files)
@@ -128,7 +135,7 @@ def load_set(files: Sequence[tuple[str, bytes]], *, max_items: int = 200, max_by
         for member, content in _files_of(name, data, max_bytes, problems):
             folded = member.casefold()
             if not folded.endswith(IMAGE_SUFFIXES + REFERENCE_SUFFIXES):
-                problems.append(f"{member}: not a diagram (PNG, JPEG, WebP), a reference (.md, .txt) or a zip")
+                problems.append(f"{member}: not a diagram ({NOT_A_DIAGRAM}), a reference (.md, .txt) or a zip")
                 continue
             target = images if folded.endswith(IMAGE_SUFFIXES) else references
             if _stem(member) in target:
@@ -139,7 +146,11 @@ def load_set(files: Sequence[tuple[str, bytes]], *, max_items: int = 200, max_by
         raise SetError(f"the set has {len(images)} diagrams; at most {max_items} (PLAYGROUND_EVAL_MAX_ITEMS)")
     items = []
     for stem, (name, data) in sorted(images.items(), key=lambda kv: kv[1][0]):
-        image = load_image(name, data)
+        try:
+            image = load(name, data)
+        except UploadError as exc:
+            problems.append(f"{exc}; left out")
+            continue
         if image.mime is None:
             problems.append(f"{name}: not a PNG, JPEG or WebP image; left out")
             continue
@@ -261,8 +272,7 @@ def new_evaluation(items: Sequence[SetItem], *, worker: str, prompt: str, system
             position=position, name=item.name, reference=item.reference, reference_name=item.reference_name,
             reference_sha256=hashlib.sha256(item.reference.encode()).hexdigest() if item.reference is not None
             else None,
-            image={"name": image.name, "mime": image.mime, "bytes": image.size, "width": image.width,
-                   "height": image.height, "sha256": image.sha256, "thumbnail": thumbnail_data_url(image.data)}))
+            image=image.record()))
     return Evaluation(worker=worker, prompt=prompt, system_prompt=system_prompt, params=params,
                       adapters={"A": adapter_a, "B": adapter_b}, items=evaluation_items)
 
@@ -547,7 +557,8 @@ EXIT_USAGE = 2
 EXIT_RETRY = 75  # the worker is down, loading or busy: try again later (resume with --resume)
 
 _EPILOG = """\
-SET is an image (PNG, JPEG, WebP), a reference (.md/.txt with the stem of its image) or a zip of both; give several.
+SET is an image (PNG, JPEG, WebP), a diagram source (BPMN, Mermaid, Graphviz, PlantUML, SVG: drawn as PNG), a
+reference (.md/.txt with the stem of its image) or a zip of them; give several.
 Progress goes to stderr; the summary to stdout; the evaluation to OUT/evaluation-ID.jsonl and .md. The evaluation is
 kept in the playground's history (PLAYGROUND_HISTORY_DIR) unless --no-history, and --resume ID finishes a stopped one.
 Exit status: 0 every item done, 1 an item failed, 2 bad arguments or inputs, 75 the worker is down or busy (resume).
@@ -616,8 +627,10 @@ async def _run_cli(args: argparse.Namespace, settings: PlaygroundSettings, err: 
                     files.append((path.name, path.read_bytes()))
                 except OSError as exc:
                     raise SetError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
-            loaded = load_set(files, max_items=settings.eval_max_items, max_bytes=settings.eval_max_archive_bytes,
-                              image_max_bytes=status.limits.get("image_max_bytes"))
+            # Diagram sources are drawn here: on a thread, the connection's event loop goes on.
+            loaded = await asyncio.to_thread(load_set, files, max_items=settings.eval_max_items,
+                                             max_bytes=settings.eval_max_archive_bytes,
+                                             image_max_bytes=status.limits.get("image_max_bytes"))
             for problem in loaded.problems:
                 print(f"skipped: {problem}", file=err)
             if not loaded.items:

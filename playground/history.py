@@ -62,7 +62,9 @@ class RunRecord:
     worker: str
     settings: dict[str, Any]  # prompt, system_prompt, temperature, top_k, top_p, max_tokens, seed, repetition_penalty
     outputs: list[Output]
-    image: dict[str, Any] | None = None  # name, mime, bytes, width, height, sha256, thumbnail (data URL)
+    # name, mime, bytes, width, height, sha256, thumbnail (data URL); source (name, kind, sha256, renderer…) when the
+    # picture was drawn from a diagram source
+    image: dict[str, Any] | None = None
     comparison: dict[str, Any] | None = None  # diff.compare() of A and B, when both produced text
     started_at: str = field(default_factory=now_iso)
     verdict: str | None = None  # A/B: a person's judgement, one of VERDICTS
@@ -151,6 +153,10 @@ def _run_markdown(r: RunRecord) -> list[str]:
         dims = f"{image['width']}×{image['height']} px, " if image.get("width") else ""
         lines += [f"Image: `{image['name']}` ({image.get('mime') or 'unknown format'}, {dims}{image['bytes']} bytes, "
                   f"sha256 `{image['sha256'][:16]}…`)", ""]
+        if image.get("source"):
+            source = image["source"]
+            lines += [f"Drawn from the {source['label']} source `{source['name']}` ({source['bytes']} bytes, sha256 "
+                      f"`{source['sha256'][:16]}…`) by {source['renderer']}.", ""]
     else:
         lines += ["No image.", ""]
     settings = r.settings

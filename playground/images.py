@@ -1,7 +1,9 @@
-"""Images for the playground: what an upload is, a thumbnail for the history, a sample diagram to try. Pure.
+"""Images for the playground: what an upload is, a thumbnail for the history, a sample diagram to try.
 
 The worker is the authority on what it accepts (format, size, pixels): the playground reads only what it needs to
-show, and sends anything the person picked so that the worker's own message explains a refusal.
+show, and sends anything the person picked so that the worker's own message explains a refusal. A diagram source
+(BPMN, Mermaid, Graphviz, PlantUML, SVG) is drawn as a PNG first (:func:`load_upload`, which blocks: :mod:`diagrams`),
+and the picture remembers the source it came from.
 """
 
 from __future__ import annotations
@@ -11,13 +13,26 @@ import hashlib
 import io
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from diagrams import DiagramError, DiagramRenderer, Rendered, kind_of, render
 from inference_worker.images import mime_type
 
 THUMBNAIL_SIDE = 160
 _MAX_THUMBNAIL_SOURCE_PIXELS = 40_000_000  # beyond this, decoding for a thumbnail is not worth it
+
+
+class UploadError(Exception):
+    """A file that cannot be used as a picture: a diagram source that cannot be drawn (``code`` says why)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message, code)
+        self.message, self.code = message, code
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)
@@ -29,6 +44,8 @@ class ImageInput:
     mime: str | None  # image/png, image/jpeg, image/webp; None: not one of those (the worker will say why)
     width: int | None
     height: int | None
+    # The diagram source this picture was drawn from: name, kind, sha256, bytes, renderer (None: a picture upload).
+    source: dict[str, Any] | None = None
 
     @property
     def size(self) -> int:
@@ -41,7 +58,19 @@ class ImageInput:
     def describe(self) -> str:
         kind = self.mime.removeprefix("image/").upper() if self.mime else "unknown format"
         dims = f"{self.width}×{self.height} px, " if self.width and self.height else ""
+        if self.source is not None:
+            return (f"{self.name}: {self.source['label']} source drawn by {self.source['renderer']} as a {kind}, "
+                    f"{dims}{human_bytes(self.size)}")
         return f"{self.name}: {kind}, {dims}{human_bytes(self.size)}"
+
+    def record(self) -> dict[str, Any]:
+        """What the history keeps of the picture (the bytes are kept apart, by digest)."""
+        fields: dict[str, Any] = {"name": self.name, "mime": self.mime, "bytes": self.size, "width": self.width,
+                                  "height": self.height, "sha256": self.sha256,
+                                  "thumbnail": thumbnail_data_url(self.data)}
+        if self.source is not None:
+            fields["source"] = self.source
+        return fields
 
 
 def load_image(name: str, data: bytes) -> ImageInput:
@@ -53,6 +82,27 @@ def load_image(name: str, data: bytes) -> ImageInput:
     except Exception:  # not an image Pillow knows, truncated, a decompression bomb: the worker decides
         pass
     return ImageInput(name=name, data=data, mime=mime_type(data), width=width, height=height)
+
+
+def is_diagram_source(name: str) -> bool:
+    return kind_of(name) is not None
+
+
+def from_rendered(name: str, rendered: Rendered) -> ImageInput:
+    source = {"name": name, "kind": rendered.kind.value, "label": rendered.kind.label,
+              "sha256": rendered.source_sha256, "bytes": rendered.source_bytes, "renderer": rendered.renderer}
+    return ImageInput(name=name, data=rendered.png, mime="image/png", width=rendered.width, height=rendered.height,
+                      source=source)
+
+
+def load_upload(name: str, data: bytes, renderer: DiagramRenderer | None = None) -> ImageInput:
+    """A picture as it is, or a diagram source drawn as a PNG (blocks; :class:`UploadError` if it cannot be drawn)."""
+    if not is_diagram_source(name):
+        return load_image(name, data)
+    try:
+        return from_rendered(name, render(data, name=name, renderer=renderer))
+    except DiagramError as exc:
+        raise UploadError(f"{name}: {exc}", exc.code) from None
 
 
 def thumbnail_data_url(data: bytes, side: int = THUMBNAIL_SIDE) -> str | None:

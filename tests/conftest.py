@@ -11,10 +11,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the hub
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+from diagrams import DiagramRenderer, DiagramSettings, Kind
 from inference_worker.config import Settings
 from inference_worker.demo import DemoPaths, ensure_demo
 from inference_worker.embedded import EmbeddedWorker
 
+DIAGRAMS_DATA = Path(__file__).resolve().parent / "diagrams" / "data"
 OUTPUT_DIR = Path(os.environ.get("TEST_OUTPUT_DIR", Path(__file__).resolve().parent.parent / "test-output"))
 
 
@@ -96,3 +98,19 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Target]:
         yield S3Target(server, server.endpoint, ACCESS_KEY, SECRET_KEY)
     finally:
         server.stop()
+
+
+def require(renderer: DiagramRenderer, *kinds: Kind) -> None:
+    """Skip where a diagram renderer is not installed (``make renderers``); in CI (``CI`` set) that is a failure."""
+    missing = [f"{kind.label}: {why}" for kind in kinds if (why := renderer.missing(kind)) is not None]
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail("renderers missing in CI: " + "; ".join(missing))
+        pytest.skip("; ".join(missing))
+
+
+@pytest.fixture(scope="session")
+def renderer() -> Iterator[DiagramRenderer]:
+    """The diagram renderer of the session (one Chromium for every test that draws a diagram)."""
+    with DiagramRenderer(DiagramSettings()) as shared:
+        yield shared

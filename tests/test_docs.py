@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from diagrams import SUFFIXES, DiagramSettings
 from inference_worker.config import Settings
 from inference_worker.errors import ErrorCode
 from inference_worker.protocol import CLIENT_TYPES
@@ -34,3 +35,13 @@ def test_readme_commands_exist():
     makefile = (ROOT / "Makefile").read_text()
     assert "\ndemo:" in makefile and "\ntest:" in makefile
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_documents_every_diagram_setting_and_kind():
+    """Every DIAGRAM_* variable is in the README's table, and every diagram source's file suffix is named."""
+    readme = (ROOT / "README.md").read_text()
+    for field in DiagramSettings.model_fields:
+        assert f"| `DIAGRAM_{field.upper()}` |" in readme, field
+    for suffix in SUFFIXES:
+        assert f"`{suffix}`" in readme, suffix
+    assert "make renderers" in readme and "renderers:" in (ROOT / "Makefile").read_text()

@@ -216,7 +216,8 @@ def test_uploader_limit_comes_from_the_worker(demo, adapter_root, monkeypatch):
         at = open_app(small.url, monkeypatch)
         uploader = at.file_uploader(key="upload-0")
         assert uploader.proto.max_upload_size_mb == 3
-        assert uploader.proto.label == "Diagram (PNG, JPEG or WebP, at most 3.3 MiB)"
+        assert uploader.proto.label == ("Diagram (PNG, JPEG or WebP, at most 3.3 MiB; or a BPMN, Mermaid, Graphviz, "
+                                        "PlantUML or SVG source)")
 
 
 def test_sample_replaces_an_uploaded_diagram(app, png):

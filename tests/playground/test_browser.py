@@ -7,6 +7,7 @@ ones replace them, so a text can briefly be on the page twice (Playwright's stri
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -20,9 +21,10 @@ from typing import Any
 
 import pytest
 
+from diagrams import Kind
 from playground.store import HistoryStore
 
-from ..conftest import OUTPUT_DIR
+from ..conftest import DIAGRAMS_DATA, OUTPUT_DIR, require
 from ..helpers import Client
 from .conftest import APP, ROOT, diagram_set, free_port, png_bytes
 
@@ -197,6 +199,34 @@ def test_upload_generate_and_compare_in_a_browser(browser, app_url, history, tmp
                                                                                   (ab.id, "ab", "done")]
     assert document["runs"][-1]["comparison"]["words"]["a"] > 0
     assert document["runs"][-2]["image"]["name"] == "diagram.png"
+    page.close()
+
+
+def test_a_bpmn_file_is_drawn_and_answered_in_a_browser(browser, app_url, renderer, history, tmp_path, output_dir):
+    """Upload a .bpmn file: its drawing is shown with the source's name, the answer streams, and the history keeps
+    the source's digest beside the picture's."""
+    require(renderer, Kind.BPMN)
+    page = open_page(browser, app_url)
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    source = tmp_path / "order-process.bpmn"
+    source.write_bytes((DIAGRAMS_DATA / "order-process.bpmn").read_bytes())
+    page.locator(".st-key-upload-0 input[type=file]").set_input_files(str(source))
+    page.get_by_text(re.compile(r"^order-process\.bpmn: BPMN source drawn by bpmn-js 18\.31\.1 as a PNG, "
+                                r"1540×740 px")).first.wait_for()
+    page.wait_for_function("() => Array.from(document.images).some(i => i.naturalWidth > 0"  # the drawing (resized)
+                           " && Math.abs(i.naturalWidth / i.naturalHeight - 1540 / 740) < 0.02)")
+    set_max_tokens(page, 64)
+    page.evaluate(RECORDER)
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text(re.compile(r"^done \((length|stop)\)$")).first.wait_for()
+    streaming = [s[0] for s in snapshots(page) if s[0] and s[0].endswith("▌")]
+    assert len({len(t) for t in streaming}) >= 2, "the answer did not stream"
+    record = HistoryStore(history).runs()[-1]
+    assert record.status == "done" and record.image is not None
+    assert record.image["name"] == "order-process.bpmn" and record.image["mime"] == "image/png"
+    assert record.image["source"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert (record.image["source"]["kind"], record.image["source"]["renderer"]) == ("bpmn", "bpmn-js 18.31.1")
+    screenshot(page, output_dir / "playground-bpmn.png")
     page.close()
 
 

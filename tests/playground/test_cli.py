@@ -7,9 +7,11 @@ import re
 import subprocess
 import sys
 
+from diagrams import Kind
 from inference_worker.protocol import Done
 from playground.client import WorkerClient, user_message
 
+from ..conftest import DIAGRAMS_DATA, require
 from .conftest import ROOT
 
 PROMPT = "Describe this diagram as a Markdown table."
@@ -65,3 +67,26 @@ def test_cli_missing_image_exits_2(worker, tmp_path):
     result = cli("--url", worker.url, "--image", str(tmp_path / "missing.png"), PROMPT)
     assert result.returncode == 2
     assert result.stderr == f"error: cannot read image {str(tmp_path / 'missing.png')!r}: No such file or directory\n"
+
+
+def test_cli_renders_a_bpmn_file_before_sending_it(worker, renderer, tmp_path):
+    """--image process.bpmn: drawn as a PNG here (bpmn-js), then the answer streams as for a picture."""
+    require(renderer, Kind.BPMN)
+    source = tmp_path / "process.bpmn"
+    source.write_bytes((DIAGRAMS_DATA / "order-process.bpmn").read_bytes())
+    result = cli("--url", worker.url, "--image", str(source), "--max-tokens", "8", "--temperature", "0", PROMPT)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^process\.bpmn: BPMN drawn by bpmn-js 18\.31\.1, \d+×\d+ px, in \d+ ms$", result.stderr, re.M)
+    png = renderer.render(source.read_bytes(), name="process.bpmn").png  # the same drawing, sent by the library
+    assert result.stdout == asyncio.run(library_answer(worker.url, png, max_tokens=8, temperature=0)) + "\n"
+
+
+def test_cli_diagram_that_cannot_be_drawn_exits_2(worker, renderer, tmp_path):
+    """A PlantUML file that includes /etc/passwd: exit status 2 with the kind and the reason; nothing is sent."""
+    require(renderer, Kind.PLANTUML)
+    source = tmp_path / "leak.puml"
+    source.write_bytes(b"@startuml\n!include /etc/passwd\nA -> B\n@enduml\n")
+    result = cli("--url", worker.url, "--image", str(source), PROMPT)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == ("error: leak.puml: PlantUML: cannot include /etc/passwd: the sandbox reads no file or URL "
+                             "(line 2)\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
@@ -10,6 +11,7 @@ import zipfile
 
 import pytest
 
+from diagrams import Kind
 from inference_worker.protocol import Done
 from playground.client import WorkerClient, user_message
 from playground.eval import (
@@ -28,10 +30,13 @@ from playground.eval import (
     to_markdown,
 )
 from playground.history import Output
+from playground.images import load_upload
 from playground.runs import DEFAULT_PROMPT, Params
 from playground.scoring import chrf, row_scores
 from playground.store import HistoryStore
 
+from ..conftest import DIAGRAMS_DATA as DATA
+from ..conftest import require
 from .conftest import ROOT, diagram_set, png_bytes, reference_table
 
 PARAMS = Params(temperature=0.0, max_tokens=24)
@@ -61,8 +66,33 @@ def test_load_set_pairs_references_by_stem_and_says_what_it_left_out():
     assert sorted(loaded.problems) == [
         "other/a.md: a reference without a diagram of the same name",
         "set/fake.png: not a PNG, JPEG or WebP image; left out",
-        "set/notes.docx: not a diagram (PNG, JPEG, WebP) or a reference (.md, .txt)",
+        "set/notes.docx: not a diagram (PNG, JPEG, WebP, or a source: BPMN (.bpmn), Mermaid (.mmd, .mermaid), "
+        "Graphviz (.dot, .gv), PlantUML (.puml, .plantuml), SVG (.svg)) or a reference (.md, .txt)",
         "set/orphan.md: a reference without a diagram of the same name"]
+
+
+def test_load_set_draws_diagram_sources_and_keeps_their_digest(renderer):
+    """A zip of a BPMN file (with its reference), a Mermaid file and a broken one: the sources are drawn as PNG, the
+    item keeps the source's digest, the broken one is left out with the kind and the reason."""
+    require(renderer, Kind.BPMN, Kind.MERMAID)
+    bpmn = (DATA / "order-process.bpmn").read_bytes()
+    archive = zipped({"set/order.bpmn": bpmn, "set/order.md": b"| Step |",
+                      "set/flow.mmd": (DATA / "flow.mmd").read_bytes(),
+                      "set/broken.mmd": b"flowchart LR\n  A --> B\n  B -=> C\n"})
+    loaded = load_set([("set.zip", archive)], load=lambda name, data: load_upload(name, data, renderer))
+    assert [(i.name, i.reference) for i in loaded.items] == [("set/flow.mmd", None), ("set/order.bpmn", "| Step |")]
+    order = loaded.items[1].image
+    assert order.mime == "image/png" and order.data.startswith(b"\x89PNG")
+    assert order.source is not None and order.source["sha256"] == hashlib.sha256(bpmn).hexdigest()
+    assert order.source["kind"] == "bpmn" and order.source["renderer"] == "bpmn-js 18.31.1"
+    assert len(loaded.problems) == 1
+    assert loaded.problems[0].startswith("set/broken.mmd: Mermaid: syntax error: ")
+    assert loaded.problems[0].endswith("(line 3); left out")
+    evaluation = new_evaluation(loaded.items, worker="ws://x", prompt="p", system_prompt=None, params=Params(),
+                                adapter_a=None, adapter_b=None)
+    record = json.loads(to_jsonl(evaluation).splitlines()[2])
+    assert record["image"]["source"]["sha256"] == hashlib.sha256(bpmn).hexdigest()
+    assert record["image"]["sha256"] == hashlib.sha256(order.data).hexdigest()
 
 
 def test_load_set_limits():
