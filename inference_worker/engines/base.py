@@ -79,7 +79,7 @@ class Timings:
     """time.perf_counter() instants; ``None`` for what did not happen."""
 
     received_at: float
-    scheduled_at: float | None  # prefill started: the end of queueing
+    scheduled_at: float | None  # its preparation (then prefill) started: the end of queueing
     first_token_at: float | None
     finished_at: float
 

@@ -105,6 +105,22 @@ def test_an_unknown_weight_layout_is_refused(demo):
         load_model(str(demo.model_dir), cpu_weight_layout="columns")
 
 
+async def test_preparing_the_prompt_is_not_queueing(engine, monkeypatch):
+    """A request alone waits for nothing: its own preparation (chat template, image preprocessing) counts in its
+    time to first token, not in its queueing (the playground showed 92 ms "queued" for a lone diagram)."""
+    prepare = engine.lm.prepare
+
+    def slow_prepare(turns):
+        time.sleep(0.5)
+        return prepare(turns)
+
+    monkeypatch.setattr(engine.lm, "prepare", slow_prepare)
+    out = await collect(engine, request("Describe the process.", images=(picture(1),), max_tokens=2))
+    t = out.finished.timings
+    assert t.scheduled_at - t.received_at < 0.4, "preparation counted as queueing"
+    assert t.first_token_at - t.scheduled_at >= 0.5
+
+
 async def test_requests_joining_halfway_equal_alone(engine):
     """Requests that join while others are halfway through, and leave before them, change nobody's output."""
     long_reqs = [request("Describe the process.", adapter=a, max_tokens=120) for a in (None, *ADAPTERS)]

@@ -300,6 +300,9 @@ class Scheduler:
     def _admit(self) -> None:
         while self.waiting and len(self.running) < self.max_rows:
             seq = self.waiting[0]
+            # queueing ends where the request's own work starts: its preparation (chat template, image
+            # preprocessing), then its prefill; a request prepared earlier that waited for KV memory starts now
+            started = time.perf_counter()
             if seq.prepared is None and not self._prepare(seq):
                 continue  # it failed and has ended
             if self.kv_reservation(seq) > self.kv_cache_max_bytes:
@@ -308,6 +311,7 @@ class Scheduler:
                 self._finish(seq, None, self._too_big(seq))
                 continue
             self.waiting.popleft()
+            seq.scheduled_at = started
             self._prefill(seq)
             self._flush()  # the first token leaves now, not after the next decode step
 
@@ -340,7 +344,6 @@ class Scheduler:
     def _prefill(self, seq: Sequence) -> None:
         prepared = seq.prepared
         assert prepared is not None
-        seq.scheduled_at = time.perf_counter()
         seq.prompt_tokens = prepared.length
         started = time.perf_counter()
         try:
