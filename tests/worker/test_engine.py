@@ -93,6 +93,8 @@ async def test_both_weight_layouts_write_the_same(engine, demo):
         mlp = natural.lm.model.model.language_model.layers[0].mlp.up_proj.weight
         assert mlp.is_contiguous() and not engine.lm.model.model.language_model.layers[0].mlp.up_proj.weight \
             .is_contiguous(), "the two engines really differ in layout"
+        assert (natural.status().details["weight_layout"], engine.status().details["weight_layout"]) == (
+            "natural", "transposed")
         theirs = await collect_all(natural, mixed_requests())
         ours = await collect_all(engine, mixed_requests())
         assert [t.text for t in theirs] == [o.text for o in ours]

@@ -162,6 +162,7 @@ class TransformersEngine:
             details={
                 "engine": "transformers",
                 "kv_bytes_per_token": self.scheduler.cache.bytes_per_token,
+                "weight_layout": self.lm.weight_layout,
                 "decode_steps": self.scheduler.steps,
                 "vision_cache_bytes": vision.bytes,
                 "vision_cache_hits": vision.hits,

@@ -86,6 +86,7 @@ class LoadedModel:
         self.image_min_pixels = image_min_pixels
         self.image_max_pixels = image_max_pixels
         self.max_prompt_tokens = max_prompt_tokens
+        self.weight_layout = "natural"  # or "transposed": set by load_model (CPU_WEIGHT_LAYOUT)
         gen = getattr(model, "generation_config", None)
         eos = getattr(gen, "eos_token_id", None)
         self.eos_ids = frozenset(e for e in (eos if isinstance(eos, list) else [eos]) if e is not None)
@@ -247,8 +248,9 @@ def load_model(name: str, *, device: str = "auto", dtype: str = "auto", image_mi
         processor = None
         tokenizer = AutoTokenizer.from_pretrained(name)
     _install_lm_head_fix(model)
-    if device == "cpu" and cpu_weight_layout == "transposed":
-        _transpose_wide_weights(model)
+    transposed = _transpose_wide_weights(model) if device == "cpu" and cpu_weight_layout == "transposed" else 0
+    if transposed:
+        log.info("CPU weight layout: %d MLP and output matrices transposed (CPU_WEIGHT_LAYOUT)", transposed)
     info = ModelInfo(
         name=name,
         model_type=config.model_type,
@@ -259,14 +261,16 @@ def load_model(name: str, *, device: str = "auto", dtype: str = "auto", image_mi
         parameters=sum(p.numel() for p in model.parameters()),
     )
     log.info("model loaded in %.2f s (%d parameters)", info.load_seconds, info.parameters)
-    return LoadedModel(model, processor, tokenizer, info, image_min_pixels=image_min_pixels,
-                       image_max_pixels=image_max_pixels, max_prompt_tokens=max_prompt_tokens)
+    loaded = LoadedModel(model, processor, tokenizer, info, image_min_pixels=image_min_pixels,
+                         image_max_pixels=image_max_pixels, max_prompt_tokens=max_prompt_tokens)
+    loaded.weight_layout = "transposed" if transposed else "natural"
+    return loaded
 
 
 WIDE_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
 
-def _transpose_wide_weights(model: Any) -> None:
+def _transpose_wide_weights(model: Any) -> int:
     """Store the language model's MLP and output-layer weights transposed (the same values, the same memory).
 
     ``F.linear(x, W)`` multiplies by ``Wᵀ``; with ``W`` a transposed view of a contiguous ``Wᵀ``, MKL gets a plain
@@ -281,7 +285,8 @@ def _transpose_wide_weights(model: Any) -> None:
     import torch
 
     if not torch.backends.mkl.is_available():
-        return
+        return 0
+    count = 0
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     visual = getattr(getattr(model, "model", None), "visual", None)
     skip = {id(p) for p in visual.parameters()} if visual is not None else set()
@@ -292,6 +297,8 @@ def _transpose_wide_weights(model: Any) -> None:
             weight = module.weight
             if weight.dtype == torch.float32 and weight.is_contiguous():
                 weight.data = weight.data.t().contiguous().t()
+                count += 1
+    return count
 
 
 def _install_lm_head_fix(model: Any) -> None:
