@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import tempfile
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -43,6 +44,8 @@ class Chromium:
         self._playwright: Any = None
         self._browser: Any = None
         self._semaphore: asyncio.Semaphore | None = None
+        self._launching: asyncio.Lock | None = None
+        self._home = tempfile.TemporaryDirectory(prefix="diagram-chromium-")
         self.version: str | None = None
         self.blocked_requests = 0  # requests pages tried to make (all refused), for tests and logs
 
@@ -57,11 +60,16 @@ class Chromium:
             return self._loop
 
     async def _ensure_browser(self) -> Any:
-        if self._semaphore is None:
+        if self._semaphore is None or self._launching is None:  # made on the browser's own event loop
             self._semaphore = asyncio.Semaphore(self.max_concurrent)
-        if self._browser is not None and self._browser.is_connected():
-            return self._browser
-        await self._shutdown()
+            self._launching = asyncio.Lock()
+        async with self._launching:  # jobs arriving together start one browser, not one each
+            if self._browser is not None and self._browser.is_connected():
+                return self._browser
+            await self._shutdown()
+            return await self._launch()
+
+    async def _launch(self) -> Any:
         if not self.path.exists():
             raise BrowserUnavailable(f"Chromium is not installed at {self.path}")
         try:
@@ -69,12 +77,17 @@ class Chromium:
         except ImportError:
             raise BrowserUnavailable("the playwright Python package is not installed") from None
         self._playwright = await async_playwright().start()
+        # a bare environment: nothing of this process's (an auth token, say) is in the browser's
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": self._home.name}
         self._browser = await asyncio.wait_for(self._playwright.chromium.launch(
-            executable_path=str(self.path), headless=True, args=ARGS), LAUNCH_TIMEOUT_S)
+            executable_path=str(self.path), headless=True, args=ARGS, env=env), LAUNCH_TIMEOUT_S)
         self.version = self._browser.version
         return self._browser
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, only: Any = None) -> None:
+        """Close the browser (and Playwright); with ``only``, just if that is still the browser in use."""
+        if only is not None and self._browser is not only:
+            return  # another job has already replaced it
         browser, playwright = self._browser, self._playwright
         self._browser = self._playwright = None
         if browser is not None:
@@ -106,7 +119,7 @@ class Chromium:
                         await asyncio.wait_for(context.close(), CLOSE_TIMEOUT_S)
                     except Exception:  # the browser itself hangs: start a new one next time
                         log.warning("a page of Chromium did not close: restarting Chromium")
-                        await self._shutdown()
+                        await self._shutdown(only=browser)
 
     async def _refuse(self, route: Any) -> None:
         self.blocked_requests += 1

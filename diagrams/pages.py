@@ -37,7 +37,11 @@ MERMAID_SCRIPT = """async ([source, config]) => {
   try {
     await mermaid.parse(source);
     const {svg} = await mermaid.render('diagram', source);
-    return {svg};
+    // mermaid writes HTML-flavoured SVG (<br>, &nbsp;, xlink: without its declaration): read it as HTML in an inert
+    // document (nothing loads) and write it back as XML
+    const node = new DOMParser().parseFromString(svg, 'text/html').querySelector('svg');
+    if (!node) return {error: 'mermaid drew no SVG'};
+    return {svg: new XMLSerializer().serializeToString(node)};
   } catch (e) {
     const loc = e.hash && e.hash.loc;
     const line = loc ? loc.first_line : (e.hash && Number.isInteger(e.hash.line) ? e.hash.line + 1 : null);

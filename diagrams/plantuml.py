@@ -24,6 +24,7 @@ INSTALL_JAVA = "apt-get install default-jre-headless (or: make renderers)"
 INSTALL_JAR = "make renderers (npm ci in diagrams/)"
 _FORBIDDEN = ("cannot include", "cannot open url", "cannot import", "cannot decode", "security")
 _JAR = re.compile(r"plantuml-(\d[\w.]*)\.jar$")
+DOT_WRAPPER = Path(__file__).resolve().parent / "dot-limited.sh"
 
 
 def find_java(settings: DiagramSettings) -> str | None:
@@ -64,8 +65,9 @@ def to_svg(source: bytes, settings: DiagramSettings, timeout_s: float, dot: str 
     if starts > 1:
         raise InvalidSource(Kind.PLANTUML, f"{starts} diagrams in one file: give one @startuml … @enduml per file")
     env = {"PLANTUML_SECURITY_PROFILE": "SANDBOX"}
-    if dot is not None:
-        env["GRAPHVIZ_DOT"] = dot
+    if dot is not None:  # through a wrapper that keeps dot under DIAGRAM_DOT_MAX_MEMORY_MB
+        env.update(GRAPHVIZ_DOT=str(DOT_WRAPPER), DIAGRAM_DOT_REAL=dot,
+                   DIAGRAM_DOT_LIMIT_KB=str(settings.dot_max_memory_mb * 1024))
     done = process.run(Kind.PLANTUML, _argv(settings, java, jar), source, timeout_s=timeout_s,
                        limit_s=settings.timeout_s, env=env)
     if done.returncode != 0:

@@ -15,6 +15,7 @@ import asyncio
 import atexit
 import hashlib
 import io
+import logging
 import math
 import threading
 import time
@@ -28,6 +29,7 @@ from . import xml as safe_xml
 from .chromium import BrowserUnavailable, Chromium
 from .errors import (
     DiagramError,
+    ForbiddenSource,
     InvalidSource,
     OutputTooLarge,
     RendererMissing,
@@ -38,6 +40,8 @@ from .errors import (
 )
 from .kinds import Kind, describe_kinds, kind_of
 from .settings import DiagramSettings
+
+log = logging.getLogger(__name__)
 
 BPMN_MODEL = "http://www.omg.org/spec/BPMN/20100524/MODEL"
 BPMN_DI = "http://www.omg.org/spec/BPMN/20100524/DI"
@@ -70,6 +74,8 @@ class DiagramRenderer:
     def __init__(self, settings: DiagramSettings | None = None) -> None:
         self.settings = settings or DiagramSettings()
         self.chromium = Chromium(self.settings.chromium_path, self.settings.max_concurrent)
+        # one turn per render, whatever its renderer (Chromium, dot, PlantUML's Java): DIAGRAM_MAX_CONCURRENT
+        self._turns = threading.BoundedSemaphore(self.settings.max_concurrent)
 
     def close(self) -> None:
         self.chromium.close()
@@ -122,8 +128,24 @@ class DiagramRenderer:
         started = time.monotonic()
         found = kind_of(name, kind)
         if found is None:
-            raise UnknownKind(None, f"{name!r} is not a diagram source this playground can draw; it takes "
+            shown = name if name is None or len(name) <= 80 else name[:80] + "…"
+            raise UnknownKind(None, f"{shown!r} is not a diagram source this playground can draw; it takes "
                                     f"{describe_kinds()}")
+        if not self._turns.acquire(timeout=self.settings.timeout_s):
+            raise RenderTimeout(found, f"no turn to render within {self.settings.timeout_s:g} s (DIAGRAM_TIMEOUT_S): "
+                                       f"{self.settings.max_concurrent} renders at once (DIAGRAM_MAX_CONCURRENT) "
+                                       f"are running")
+        try:
+            return self._render(found, source, started)
+        except DiagramError:
+            raise
+        except Exception as exc:  # a defect, never a traceback for the user: the log has it
+            log.exception("rendering a %s source failed", found.label)
+            raise RenderFailed(found, f"unexpected {type(exc).__name__} while rendering") from None
+        finally:
+            self._turns.release()
+
+    def _render(self, found: Kind, source: bytes, started: float) -> Rendered:
         s = self.settings
         if len(source) > s.max_source_bytes:
             raise SourceTooLarge(found, f"the source is {len(source)} bytes, more than {s.max_source_bytes} "
@@ -137,7 +159,13 @@ class DiagramRenderer:
         if len(svg) > s.max_svg_bytes:
             raise OutputTooLarge(found, f"the drawing is {len(svg)} bytes of SVG, more than {s.max_svg_bytes} "
                                         f"(DIAGRAM_MAX_SVG_BYTES)")
-        root = safe_xml.parse(found, svg, s.max_xml_elements)
+        try:
+            root = safe_xml.parse(found, svg, s.max_xml_elements)
+        except (InvalidSource, ForbiddenSource) as exc:
+            if found is Kind.SVG:
+                raise  # the user's own SVG
+            raise RenderFailed(found, f"{self.renderer_name(found)} drew SVG that cannot be read: {exc.message}") \
+                from None
         outside = safe_xml.external_reference(root)
         if outside is not None:
             raise InvalidSource(found, f"the drawing refers to something outside it, which is not loaded: {outside}")
@@ -195,12 +223,17 @@ class DiagramRenderer:
         """The PNG's size: the drawing's own size × DIAGRAM_SCALE, scaled down to the limits if need be."""
         s = self.settings
         w, h = width * s.scale, height * s.scale
-        fit = min(1.0, math.sqrt(s.max_pixels / (w * h)), s.max_side / w, s.max_side / h)
+        fit = min(1.0, math.sqrt(s.max_pixels / w / h), s.max_side / w, s.max_side / h)
         if fit * s.scale < s.min_scale:
-            raise OutputTooLarge(kind, f"the drawing is {width:.0f}×{height:.0f} px: it would have to shrink to "
+            raise OutputTooLarge(kind, f"the drawing is {_px(width)}×{_px(height)} px: it would have to shrink to "
                                        f"{fit * s.scale:.0%} of its size to fit {s.max_pixels} pixels and "
                                        f"{s.max_side} px a side (DIAGRAM_MAX_PIXELS, DIAGRAM_MAX_SIDE)")
         return max(1, math.floor(w * fit)), max(1, math.floor(h * fit))
+
+
+def _px(value: float) -> str:
+    """A size for a message: whole pixels, or three digits when it is absurd (1e308 has 309 of them)."""
+    return f"{value:.0f}" if value < 1e9 else f"{value:.3g}"
 
 
 def _text(kind: Kind, source: bytes) -> str:

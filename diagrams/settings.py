@@ -11,9 +11,9 @@
 | ``DIAGRAM_MAX_SIDE`` | ``8000`` | … and so is one wider or taller than this … |
 | ``DIAGRAM_MIN_SCALE`` | ``0.25`` | … unless that takes it below this fraction of its own size: then it is refused |
 | ``DIAGRAM_MERMAID_MAX_EDGES`` | ``500`` | edges of a Mermaid diagram (Mermaid's own ``maxEdges``) |
-| ``DIAGRAM_MAX_CONCURRENT`` | ``2`` | renders at once in this process (more wait for a turn, within their time limit) |
+| ``DIAGRAM_MAX_CONCURRENT`` | ``2`` | renders at once, any renderer (more wait for a turn, within their time limit) |
 | ``DIAGRAM_JAVA_MAX_HEAP_MB`` | ``512`` | PlantUML's Java heap |
-| ``DIAGRAM_DOT_MAX_MEMORY_MB`` | ``1024`` | address space of a ``dot`` process |
+| ``DIAGRAM_DOT_MAX_MEMORY_MB`` | ``1024`` | address space of a ``dot`` process (PlantUML's too) |
 | ``DIAGRAM_CHROMIUM_PATH`` | ``/usr/bin/chromium`` | Debian's Chromium (bpmn-js, Mermaid, and rasterising every SVG) |
 | ``DIAGRAM_DOT_PATH`` | ``dot`` | Graphviz's ``dot`` (a name on ``PATH`` or a path) |
 | ``DIAGRAM_JAVA_PATH`` | ``java`` | the Java runtime PlantUML runs on |

@@ -7,6 +7,7 @@ billion laughs, needs them; neither BPMN nor SVG files do).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -69,7 +70,7 @@ def external_reference(root: Any) -> str | None:
     for node in root.iter():
         if isinstance(node, etree._ProcessingInstruction):
             if node.target == "xml-stylesheet":
-                return f"<?xml-stylesheet {node.text}?>"
+                return f"<?xml-stylesheet {(node.text or '')[:80]}?>"
             continue
         if not isinstance(node.tag, str):
             continue
@@ -90,7 +91,7 @@ def external_reference(root: Any) -> str | None:
                     return f"url({url[:80]})"
     for pi in root.itersiblings(preceding=True):
         if isinstance(pi, etree._ProcessingInstruction) and pi.target == "xml-stylesheet":
-            return f"<?xml-stylesheet {pi.text}?>"
+            return f"<?xml-stylesheet {(pi.text or '')[:80]}?>"
     return None
 
 
@@ -104,7 +105,20 @@ def _length(value: str | None) -> float | None:
 
 
 def svg_size(kind: Kind, root: Any) -> tuple[float, float]:
-    """The SVG's own size in CSS pixels: its width and height, else its viewBox's (keeping the aspect ratio)."""
+    """The SVG's own size in CSS pixels: its width and height, else its viewBox's (keeping the aspect ratio); at
+    least a pixel a side and finite, or a clear error."""
+    width, height = _svg_size(kind, root)
+    if not (math.isfinite(width) and math.isfinite(height)) or width < 1 or height < 1:
+        raise InvalidSource(kind, f"the SVG's size ({_short(width)} × {_short(height)} px) is not a picture's size: "
+                                  f"it must be finite and at least 1 px a side")
+    return width, height
+
+
+def _short(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _svg_size(kind: Kind, root: Any) -> tuple[float, float]:
     if local_name(root) != "svg":
         raise InvalidSource(kind, f"not an SVG document (its root element is <{local_name(root)}>)")
     width, height = _length(root.get("width")), _length(root.get("height"))

@@ -4,6 +4,9 @@ the network (a named pipe shows any open of a file, a loopback server any reques
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 
@@ -11,8 +14,9 @@ import psutil
 import pytest
 from PIL import Image
 
-from diagrams import DiagramRenderer, DiagramSettings, Kind
+from diagrams import DiagramRenderer, DiagramSettings, Kind, plantuml
 from diagrams.errors import (
+    DiagramError,
     ForbiddenSource,
     InvalidSource,
     OutputTooLarge,
@@ -217,3 +221,106 @@ def test_a_missing_renderer_says_how_to_install_it(tmp_path):
         with pytest.raises(RendererMissing, match=r"^PlantUML: not installed: Java .*; the PlantUML jar"):
             bare.render(b"@startuml\nA -> B\n@enduml\n", name="p.puml")
         assert all(why is not None and "Chromium" in why for why in bare.available().values())
+
+
+# ---- found by a review of the renderer (each failed before its fix) --------------------------------------------------
+
+
+@pytest.mark.parametrize("size", ['width="1e-200" height="1e-200"', 'viewBox="0 0 1e-200 1e-200"',
+                                  'width="0.5" height="0.5"'])
+def test_an_svg_smaller_than_a_pixel_is_refused_not_a_crash(renderer: DiagramRenderer, size: str):
+    """A size that underflowed to 0 raised ZeroDivisionError: a traceback in the playground, a whole set aborted."""
+    with pytest.raises(InvalidSource, match=r"^SVG: the SVG's size .* is not a picture's size"):
+        renderer.render(f'<svg xmlns="http://www.w3.org/2000/svg" {size}/>'.encode(), name="tiny.svg")
+
+
+def test_error_messages_echo_little_of_the_input(renderer: DiagramRenderer):
+    """A 100 KB file name or processing instruction came back whole in the error."""
+    with pytest.raises(DiagramError) as unknown:
+        renderer.render(b"x", name="x" * 100_000 + ".xyz")
+    assert len(str(unknown.value)) < 400
+    sheet = b'<?xml-stylesheet href="' + b"a" * 200_000 + b'"?><svg xmlns="http://www.w3.org/2000/svg" width="9"/>'
+    with pytest.raises(InvalidSource) as refused:
+        renderer.render(sheet, name="sheet.svg")
+    assert len(str(refused.value)) < 400
+
+
+def chromium_browsers() -> list[psutil.Process]:
+    """Chromium's browser processes under this one (not its renderer, GPU or utility processes)."""
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmdline = proc.cmdline()
+        except psutil.Error:
+            continue
+        if cmdline and proc.name().startswith("chromium") and not any(a.startswith("--type=") for a in cmdline):
+            found.append(proc)
+    return found
+
+
+def test_renders_starting_together_share_one_browser_that_sees_no_secret(monkeypatch: pytest.MonkeyPatch):
+    """Three first renders at once started three Chromiums (two leaked past close()); the browser inherited the
+    process's environment, an auth token included."""
+    monkeypatch.setenv("INFERENCE_AUTH_TOKEN", "secret-token-of-the-playground")
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>'
+    with DiagramRenderer(DiagramSettings(max_concurrent=3)) as fresh:
+        require(fresh, Kind.SVG)
+        before = {p.pid for p in chromium_browsers()}
+        threads = [threading.Thread(target=fresh.render, args=(svg,), kwargs={"name": "a.svg"}) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        ours = [p for p in chromium_browsers() if p.pid not in before]
+        assert len(ours) == 1, [p.cmdline()[:2] for p in ours]
+        environ = ours[0].environ()
+        assert "INFERENCE_AUTH_TOKEN" not in environ and "secret-token" not in " ".join(environ.values())
+    assert [p for p in chromium_browsers() if p.pid not in before] == []
+
+
+def test_renders_beyond_the_limit_wait_for_a_turn(quick: DiagramRenderer):
+    """DIAGRAM_MAX_CONCURRENT counted Chromium pages only: four PlantUML renders ran four Java processes at once."""
+    require(quick, Kind.PLANTUML)
+    with DiagramRenderer(DiagramSettings(max_concurrent=1)) as one:
+        peak = [0]
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.05):
+                peak[0] = max(peak[0], sum(1 for name in renderer_processes() if name == "java"))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        source = b"@startuml\nAlice -> Bob: hello\n@enduml\n"
+        threads = [threading.Thread(target=one.render, args=(source,), kwargs={"name": "s.puml"}) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        done.set()
+        watcher.join()
+    assert peak[0] == 1
+
+
+def test_plantuml_runs_dot_under_the_memory_limit(renderer: DiagramRenderer, tmp_path, monkeypatch):
+    """PlantUML starts dot itself, which had no limit (1.5 GB for a graph the direct dot stops at 1 GiB): it now
+    starts it through a wrapper that sets DIAGRAM_DOT_MAX_MEMORY_MB, and the wrapper's limit holds."""
+    require(renderer, Kind.PLANTUML, Kind.GRAPHVIZ)
+    dot = shutil.which(renderer.settings.dot_path)
+    wrapper = plantuml.DOT_WRAPPER
+    env = {"PATH": "/usr/bin:/bin", "DIAGRAM_DOT_REAL": str(dot)}
+    starved = subprocess.run([str(wrapper), "-V"], env={**env, "DIAGRAM_DOT_LIMIT_KB": "1024"}, capture_output=True)
+    assert starved.returncode != 0, "dot started in 1 MiB: the limit is not applied"
+    fed = subprocess.run([str(wrapper), "-V"], env={**env, "DIAGRAM_DOT_LIMIT_KB": "65536"}, capture_output=True)
+    assert fed.returncode == 0 and b"version" in fed.stderr
+
+    log = tmp_path / "dot-calls.log"
+    spy = tmp_path / "spy.sh"
+    spy.write_text(f'#!/bin/sh\necho "$* $DIAGRAM_DOT_LIMIT_KB" >> {log}\nexec {wrapper} "$@"\n')
+    spy.chmod(0o755)
+    monkeypatch.setattr(plantuml, "DOT_WRAPPER", spy)
+    rendered = renderer.render(b"@startuml\nclass Order\nclass Invoice\nOrder --> Invoice : bills\n@enduml\n",
+                               name="classes.puml")
+    assert b"Invoice" in rendered.svg
+    calls = log.read_text().splitlines()
+    assert f"-Tsvg {renderer.settings.dot_max_memory_mb * 1024}" in calls, calls

@@ -130,3 +130,13 @@ async def test_render_async_leaves_the_event_loop_free(renderer: DiagramRenderer
     task.cancel()
     assert rendered.kind is Kind.PLANTUML
     assert len(gaps) > 20 and max(gaps) < 0.25, max(gaps)
+
+
+def test_mermaid_line_breaks_spaces_and_links(renderer: DiagramRenderer):
+    """mermaid writes HTML-flavoured SVG: <br>, &nbsp; and click links were refused as malformed XML or as declared
+    entities; the page now writes it back as XML."""
+    require(renderer, Kind.MERMAID)
+    source = b'flowchart TD\n  A["Check<br>stock"] --> B["Ship&nbsp;goods"]\n  click A "https://example.com"\n'
+    rendered = renderer.render(source, name="breaks.mmd")
+    assert_labels(rendered, "Check", "stock", "Ship")
+    check_png(rendered, width=(100, 2000), height=(100, 2000))
