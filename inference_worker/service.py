@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 from adapters.factory import open_stores
 from adapters.sources import AdapterSources
 from adapters.store import AdapterStore
+from wire import protocol as p
+from wire.errors import CapacityError, ErrorCode, ServiceError
 
-from . import protocol as p
 from .config import Settings
 from .engines.base import StepStats
-from .errors import CapacityError, ErrorCode, ServiceError
 from .metrics import Metrics
 
 if TYPE_CHECKING:

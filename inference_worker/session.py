@@ -18,10 +18,8 @@ from typing import Any, TypeVar
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from . import protocol as p
-from .adapter_registry import Loaded
-from .engines.base import ChatTurn, EngineRequest, Finished, TextDelta
-from .errors import (
+from wire import protocol as p
+from wire.errors import (
     CapacityError,
     DeadlineExceeded,
     ErrorCode,
@@ -30,6 +28,9 @@ from .errors import (
     ServiceError,
     SessionError,
 )
+
+from .adapter_registry import Loaded
+from .engines.base import ChatTurn, EngineRequest, Finished, TextDelta
 from .service import Service
 
 log = logging.getLogger(__name__)

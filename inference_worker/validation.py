@@ -1,6 +1,6 @@
 """Everything a ``generate`` is checked against before it reaches the engine, in one place.
 
-The protocol (``protocol.py``) checks the shape of a message; this module checks it against the operator's limits
+The protocol (``wire/protocol.py``) checks the shape of a message; this module checks it against the operator's limits
 (every one from the settings object) and the model's capabilities, fills in what the request left out (the model's
 sampling defaults, ``max_tokens``, a seed), decodes its images, and builds the engine's request record.
 
@@ -15,9 +15,10 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from . import protocol as p
+from wire import protocol as p
+from wire.errors import ErrorCode, InputError, ProtocolError
+
 from .engines.base import Capabilities, ChatTurn, EngineRequest, SamplingParams
-from .errors import ErrorCode, InputError, ProtocolError
 from .images import ImageLimits, decode_image
 
 SEED_MAX = 2**63 - 1

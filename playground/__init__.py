@@ -8,6 +8,6 @@
   :mod:`playground.images`, :mod:`playground.settings`: the pure logic the app uses (one run of one or two streams,
   run records and their export, A/B comparison, scores, images, the playground's settings).
 
-Nothing here imports torch or transformers: the playground ships in a slim image. From the worker it uses only
-``inference_worker.protocol`` (pure message models).
+Nothing here imports torch or transformers: the playground ships in a slim image. Of the worker's side it uses only
+:mod:`wire` (the pure message models, error codes and image sniffing the worker uses too).
 """

@@ -37,7 +37,6 @@ import streamlit as st
 
 from diagrams import SUFFIXES as DIAGRAM_SUFFIXES
 from diagrams import default_renderer
-from inference_worker.protocol import AdapterItem, AdapterProgress, Status
 from playground import eval as evaluation_lib
 from playground.client import DEFAULT_URL, WorkerClient, describe_progress, user_message
 from playground.diff import describe_divergence, diff_html, first_divergence, inert_markdown, word_diff
@@ -67,6 +66,7 @@ from playground.runs import (
 )
 from playground.settings import PlaygroundSettings
 from playground.store import HistoryStore, StoreError
+from wire.protocol import AdapterItem, AdapterProgress, Status
 
 # When the worker cannot be asked, the controls use the worker's documented defaults.
 FALLBACK_LIMITS: dict[str, Any] = {"max_new_tokens": 2048, "default_max_tokens": 512, "temperature": [0.0, 5.0],

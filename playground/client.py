@@ -9,7 +9,7 @@
 
 One client holds at most one connection, opened on the first request. Several requests may run on it at once (two
 generations of an A/B comparison, a status request beside them): a reader task routes every server frame, validated
-with :func:`inference_worker.protocol.parse_server_message`, to the request it answers (by ``session_id``,
+with :func:`wire.protocol.parse_server_message`, to the request it answers (by ``session_id``,
 ``adapter_path`` or reply type). When the connection drops — the worker restarted, say — every request on it fails
 with :class:`WorkerUnavailable` and the next request opens a new connection. Closing the client closes the socket,
 which cancels the connection's generations on the worker.
@@ -47,9 +47,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.protocol import State
 
 from diagrams import DiagramError, describe_kinds, kind_of, render_async
-from inference_worker.errors import ProtocolError
-from inference_worker.images import mime_type
-from inference_worker.protocol import (
+from wire.errors import ProtocolError
+from wire.images import mime_type
+from wire.protocol import (
     AdapterItem,
     AdapterLoaded,
     AdapterProgress,

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from inference_worker.protocol import AdapterItem, AdapterLoaded, AdapterProgress, Done, Status
+from wire.protocol import AdapterItem, AdapterLoaded, AdapterProgress, Done, Status
 
 from .client import PlaygroundError, WorkerClient, new_session_id
 from .diff import compare

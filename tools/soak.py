@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from websockets.asyncio.client import connect
 
-from inference_worker.protocol import parse_server_message
+from wire.protocol import parse_server_message
 
 ADAPTERS = ["demo-a", "demo-b", None]
 PROMPTS = ["Describe the process diagram.", "List the roles as a Markdown table.", "What happens after approval?"]

@@ -8,7 +8,6 @@ import time
 import pytest
 
 from inference_worker.embedded import EmbeddedWorker
-from inference_worker.protocol import AdapterLoaded, AdapterProgress, Done
 from inference_worker.server import WorkerServer
 from playground.client import (
     InvalidRequest,
@@ -18,6 +17,7 @@ from playground.client import (
     new_session_id,
     user_message,
 )
+from wire.protocol import AdapterLoaded, AdapterProgress, Done
 
 from ..conftest import worker_settings
 from .conftest import free_port

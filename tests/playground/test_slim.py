@@ -40,7 +40,7 @@ def playground_imports() -> list[str]:
 def test_playground_and_its_app_never_import_torch(history_dir):
     """Importing every playground dependency and running the app loads no torch, transformers or PEFT."""
     modules = playground_imports()
-    expected = {"playground.client", "playground.runs", "inference_worker.protocol", "streamlit",
+    expected = {"playground.client", "playground.runs", "wire.protocol", "streamlit",
                 "websockets.asyncio.client"}
     assert expected <= set(modules)
     env_url = f"ws://127.0.0.1:{free_port()}"
@@ -54,5 +54,4 @@ def test_playground_and_its_app_never_import_torch(history_dir):
     assert report["heavy"] == []
     assert report["exceptions"] == []
     assert report["errors"] and report["errors"][0].startswith("The worker is down or unreachable")  # the app ran
-    assert report["worker_modules"] == ["inference_worker", "inference_worker.errors", "inference_worker.images",
-                                        "inference_worker.protocol"]  # exactly what its Dockerfile copies
+    assert report["worker_modules"] == []  # its image holds the shared wire package, nothing of the worker

@@ -16,7 +16,7 @@ import pytest
 from adapters.validate import inspect_adapter
 from inference_worker.engines.transformers import TransformersEngine
 from inference_worker.engines.transformers.model import load_model
-from inference_worker.errors import ErrorCode
+from wire.errors import ErrorCode
 
 from .engine_harness import Reference, collect, collect_all, picture, request
 

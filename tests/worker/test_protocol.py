@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference_worker import protocol as p
-from inference_worker.errors import ErrorCode, ProtocolError
+from wire import protocol as p
+from wire.errors import ErrorCode, ProtocolError
 
 COMPAT_GENERATE = {
     "type": "generate",

@@ -31,8 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from adapters.validate import WEIGHTS_FILE, AdapterFacts
-
-from ...errors import AdapterConflict, AdapterIncompatible, AdapterInvalid
+from wire.errors import AdapterConflict, AdapterIncompatible, AdapterInvalid
 
 _PEFT_PREFIX = "base_model.model."
 # LoraConfig fields that change what an adapter computes beyond plain LoRA: refused, with the field named.
