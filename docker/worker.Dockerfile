@@ -16,6 +16,7 @@ WORKDIR /app
 COPY requirements/ requirements/
 RUN pip install -r requirements/worker.txt
 COPY wire/ wire/
+COPY checkpoints/ checkpoints/
 COPY inference_worker/ inference_worker/
 COPY adapters/ adapters/
 

@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from adapters.config import StoreSettings
+from checkpoints.demo import default_demo_dir
 from wire.protocol import ParseLimits
 
 from .images import ImageLimits
@@ -24,12 +25,6 @@ MiB = 1024 * 1024
 
 def _env(name: str, *more: str) -> AliasChoices:
     return AliasChoices(name, *more)
-
-
-def default_demo_dir() -> Path:
-    """INFERENCE_DEMO_DIR's default (the adapter CLI's ``--demo`` finds the demo's store with it too)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "inference-worker" / "demo"
 
 
 class Settings(StoreSettings):

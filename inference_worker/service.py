@@ -97,7 +97,7 @@ class Service:
 
         s = self.settings
         if s.demo:
-            from .demo import ensure_demo
+            from checkpoints.demo import ensure_demo
 
             paths = await asyncio.to_thread(ensure_demo, s.demo_dir)
             self.model_name = str(paths.model_dir)

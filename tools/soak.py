@@ -177,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         import tempfile
 
+        from checkpoints.demo import ensure_demo
         from inference_worker.config import Settings
-        from inference_worker.demo import ensure_demo
         from inference_worker.embedded import EmbeddedWorker
 
         demo = ensure_demo(Path(tempfile.gettempdir()) / "inference-worker-soak-demo")

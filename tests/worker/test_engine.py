@@ -234,7 +234,7 @@ async def test_a_b_pair_encodes_the_image_once(engine):
 
 async def test_vision_tower_adapter_runs_in_its_prefill(engine, demo, reference, tmp_path):
     """An adapter on the vision tower (all-linear) changes the image's encoding for its request only, as PEFT does."""
-    from inference_worker.demo import build_lora_adapter
+    from checkpoints.build import build_lora_adapter
 
     path = build_lora_adapter(demo.model_dir, tmp_path / "vision", seed=5, target_modules="all-linear")
     info = await engine.add_adapter("vision", inspect_adapter(path))

@@ -326,7 +326,7 @@ def test_adapter_errors_have_their_own_codes_and_change_nothing(worker, demo, ad
 
 def test_adapter_from_another_architecture_is_refused(worker, adapter_root, tmp_path_factory):
     """A text-only Qwen3 adapter (keys model.layers.*) would silently do nothing: adapter_incompatible."""
-    from inference_worker.demo import build_lora_adapter, build_text_checkpoint
+    from checkpoints.build import build_lora_adapter, build_text_checkpoint
 
     text_model = build_text_checkpoint(tmp_path_factory.mktemp("text-model"))
     foreign = build_lora_adapter(text_model, adapter_root / "foreign", seed=9)
@@ -337,7 +337,7 @@ def test_adapter_from_another_architecture_is_refused(worker, adapter_root, tmp_
 
 def test_local_adapter_by_path_and_vision_tower_lora(worker, demo, adapter_root):
     """An adapter under ADAPTER_LOCAL_ROOTS loads by absolute path; all-linear LoRA (vision tower too) works."""
-    from inference_worker.demo import build_lora_adapter
+    from checkpoints.build import build_lora_adapter
 
     path = build_lora_adapter(demo.model_dir, adapter_root / "all-linear", seed=11, target_modules="all-linear")
     with Client(worker.url) as c:
