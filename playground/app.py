@@ -1,6 +1,9 @@
 """The playground: try adapters on a diagram, compare two, evaluate two over a set, keep a history.
 
-    INFERENCE_WS_URL=ws://localhost:8765 streamlit run playground/app.py
+    INFERENCE_WS_URL=ws://localhost:8765 inference-playground
+
+(``inference-playground`` is ``streamlit run`` on this file, installed by ``pip install .``; from a checkout that is
+not installed, ``python -m playground`` in its root does the same.)
 
 This file renders. Talking to the worker is :mod:`playground.client`; running one or two streams is
 :mod:`playground.runs`; the set evaluation is :mod:`playground.eval`, its scores :mod:`playground.scoring`, the
@@ -21,15 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # `streamlit run playground/app.py` runs this file as a script, not as a module
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import altair as alt
 import pandas as pd
