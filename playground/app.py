@@ -37,7 +37,7 @@ import streamlit as st
 from diagrams import SUFFIXES as DIAGRAM_SUFFIXES
 from diagrams import default_renderer
 from playground import eval as evaluation_lib
-from playground.client import DEFAULT_URL, WorkerClient, describe_progress, user_message
+from playground.client import DEFAULT_URL, ClientCode, WorkerClient, describe_progress, user_message
 from playground.diff import describe_divergence, diff_html, first_divergence, inert_markdown, word_diff
 from playground.eval import EvalItem, Evaluation, SetError, item_row, load_set, new_evaluation, summarize
 from playground.history import VERDICTS, Output, RunRecord, chart_rows, code_span, first_token_ms, to_json, to_markdown
@@ -65,6 +65,7 @@ from playground.runs import (
 )
 from playground.settings import PlaygroundSettings
 from playground.store import HistoryStore, StoreError
+from wire.errors import ErrorCode
 from wire.protocol import AdapterItem, AdapterProgress, Status
 
 # When the worker cannot be asked, the controls use the worker's documented defaults.
@@ -158,8 +159,11 @@ def show_notice(level: str, text: str) -> None:
     {"error": st.error, "warning": st.warning, "info": st.info}.get(level, st.info)(text)
 
 
-_SHORT = {"unreachable": "Unreachable", "timeout": "Not answering", "loading": "Loading its model",
-          "unauthorized": "Refused the token", "bad_url": "Not a WebSocket URL", "shutting_down": "Shutting down"}
+_SHORT: dict[str, str] = {
+    ClientCode.UNREACHABLE: "Unreachable", ClientCode.TIMEOUT: "Not answering", ClientCode.LOADING: "Loading its model",
+    ClientCode.UNAUTHORIZED: "Refused the token", ClientCode.BAD_URL: "Not a WebSocket URL",
+    ErrorCode.SHUTTING_DOWN: "Shutting down",
+}
 
 
 def render_status(info: WorkerInfo) -> None:
@@ -227,7 +231,7 @@ def drawn(name: str, data: bytes) -> ImageInput | UploadError:
     try:
         return load_upload(name, data)
     except UploadError as exc:
-        if exc.code == "timeout":
+        if exc.code == ClientCode.TIMEOUT:
             raise
         return exc
 

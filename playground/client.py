@@ -17,7 +17,8 @@ which cancels the connection's generations on the worker.
 Failures are typed and carry a stable ``code`` and ``retryable``: :class:`WorkerError` (the worker answered with an
 ``error``; the code is the worker's), :class:`WorkerUnavailable` (``unreachable``, ``loading``, ``shutting_down``,
 ``unauthorized``, ``handshake_failed``, ``timeout``, ``disconnected``, ``bad_url``), :class:`InvalidRequest` (refused
-before sending, or ``message_too_big``) and :class:`BadFrame` (the worker sent something outside the protocol).
+before sending, or ``message_too_big``) and :class:`BadFrame` (the worker sent something outside the protocol). The
+codes the client finds itself are :class:`ClientCode`; the worker's are :class:`wire.errors.ErrorCode`.
 
 Command line: ``python -m playground.client --image diagram.png [--adapter NAME] [--url ws://...] "prompt"`` streams
 the answer to stdout and prints timings to stderr (see ``--help``); ``--image process.bpmn`` (or any diagram source
@@ -38,6 +39,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.protocol import State
 
 from diagrams import DiagramError, describe_kinds, kind_of, render_async
-from wire.errors import ProtocolError
+from wire.errors import ErrorCode, ProtocolError
 from wire.images import mime_type
 from wire.protocol import (
     AdapterItem,
@@ -83,6 +85,20 @@ UNSET: Any = _Unset()
 
 # --------------------------------------------------------------------------------------------------------------------
 # Errors
+
+
+class ClientCode(StrEnum):
+    """Codes of the failures the client finds itself; the worker's are :class:`wire.errors.ErrorCode`."""
+
+    UNREACHABLE = "unreachable"
+    LOADING = "loading"
+    UNAUTHORIZED = "unauthorized"
+    HANDSHAKE_FAILED = "handshake_failed"
+    TIMEOUT = "timeout"
+    DISCONNECTED = "disconnected"
+    BAD_URL = "bad_url"
+    MESSAGE_TOO_BIG = "message_too_big"
+    BAD_FRAME = "bad_frame"
 
 
 class PlaygroundError(Exception):
@@ -320,7 +336,7 @@ class WorkerClient:
         session_id = message["session_id"]
         conn = await self._connection()
         if session_id in conn.streams:
-            raise InvalidRequest("duplicate_session", f"session_id {session_id!r} is already streaming")
+            raise InvalidRequest(ErrorCode.DUPLICATE_SESSION, f"session_id {session_id!r} is already streaming")
         queue: asyncio.Queue[Any] = asyncio.Queue()
         conn.streams[session_id] = queue
         finished = False
@@ -369,7 +385,7 @@ class WorkerClient:
             with contextlib.suppress(Exception):
                 await conn.reader
         if conn.error is None:
-            conn.fail(WorkerUnavailable("disconnected", "the client was closed"))
+            conn.fail(WorkerUnavailable(ClientCode.DISCONNECTED, "the client was closed"))
 
     # ---- connection --------------------------------------------------------------------------------------------
     async def _connection(self) -> _Connection:
@@ -398,18 +414,21 @@ class WorkerClient:
         except InvalidStatus as exc:
             raise _handshake_error(where, exc) from None
         except InvalidURI:
-            raise WorkerUnavailable("bad_url", f"{self.url!r} is not a WebSocket URL (ws://host:port)") from None
+            raise WorkerUnavailable(ClientCode.BAD_URL,
+                                    f"{self.url!r} is not a WebSocket URL (ws://host:port)") from None
         except TimeoutError:
-            raise WorkerUnavailable("timeout", f"{where} did not answer within {self.open_timeout:g} s",
+            raise WorkerUnavailable(ClientCode.TIMEOUT, f"{where} did not answer within {self.open_timeout:g} s",
                                     retryable=True) from None
         except ConnectionRefusedError:
-            raise WorkerUnavailable("unreachable", f"{where} is not reachable: connection refused (is it running?)",
+            raise WorkerUnavailable(ClientCode.UNREACHABLE,
+                                    f"{where} is not reachable: connection refused (is it running?)",
                                     retryable=True) from None
         except OSError as exc:
             reason = exc.strerror or str(exc) or type(exc).__name__
-            raise WorkerUnavailable("unreachable", f"{where} is not reachable: {reason}", retryable=True) from None
+            raise WorkerUnavailable(ClientCode.UNREACHABLE, f"{where} is not reachable: {reason}",
+                                    retryable=True) from None
         except InvalidHandshake as exc:
-            raise WorkerUnavailable("handshake_failed", f"{where} refused the WebSocket handshake: {exc}",
+            raise WorkerUnavailable(ClientCode.HANDSHAKE_FAILED, f"{where} refused the WebSocket handshake: {exc}",
                                     retryable=True) from None
 
     async def _send(self, conn: _Connection, frame: str) -> None:
@@ -433,7 +452,7 @@ class WorkerClient:
             await self._send(conn, frame)
             return await asyncio.wait_for(future, self.reply_timeout)
         except TimeoutError:
-            raise WorkerUnavailable("timeout", f"no {reply} reply from the worker at {self.url} within "
+            raise WorkerUnavailable(ClientCode.TIMEOUT, f"no {reply} reply from the worker at {self.url} within "
                                                f"{self.reply_timeout:g} s", retryable=True) from None
         finally:
             conn.waiters = [(k, f) for k, f in conn.waiters if f is not future]
@@ -446,7 +465,7 @@ class WorkerClient:
             pass
         except Exception as exc:  # a bug in routing must not leave requests waiting forever
             log.exception("the worker client's reader failed")
-            conn.fail(BadFrame("bad_frame", f"could not handle a frame from the worker: {exc}"))
+            conn.fail(BadFrame(ClientCode.BAD_FRAME, f"could not handle a frame from the worker: {exc}"))
         finally:
             if conn.error is None:
                 conn.fail(_closed_error(self.url, conn.ws))
@@ -463,7 +482,7 @@ class WorkerClient:
         if isinstance(message, Token | Done):
             self._to_stream(conn, message.session_id, message)
         elif isinstance(message, Error) and message.session_id is not None:
-            if message.code == "unknown_session":
+            if message.code == ErrorCode.UNKNOWN_SESSION:
                 # The answer to a cancel that came too late: the generation's own done is (or was) on its way.
                 log.debug("cancel of %s came after its end", message.session_id)
             else:
@@ -500,7 +519,7 @@ class WorkerClient:
             queue.put_nowait(message)
 
     def _route_bad_frame(self, conn: _Connection, frame: str, exc: ValidationError) -> None:
-        error = BadFrame("bad_frame", f"the worker sent a frame outside the protocol: {frame[:200]!r} "
+        error = BadFrame(ClientCode.BAD_FRAME, f"the worker sent a frame outside the protocol: {frame[:200]!r} "
                                       f"({exc.error_count()} validation errors)")
         log.warning("%s", error)
         with contextlib.suppress(ValueError, TypeError, AttributeError):
@@ -517,25 +536,27 @@ def _handshake_error(where: str, exc: InvalidStatus) -> WorkerUnavailable:
     with contextlib.suppress(ValueError, TypeError, AttributeError):
         reason = json.loads(exc.response.body or b"{}").get("error", "")
     if status == 503 and reason == "shutting_down":
-        return WorkerUnavailable("shutting_down", f"{where} is shutting down (HTTP 503)", retryable=True)
+        return WorkerUnavailable(ErrorCode.SHUTTING_DOWN, f"{where} is shutting down (HTTP 503)", retryable=True)
     if status == 503:
-        return WorkerUnavailable("loading", f"{where} is still loading its model (HTTP 503); retry in a few seconds",
+        return WorkerUnavailable(ClientCode.LOADING,
+                                 f"{where} is still loading its model (HTTP 503); retry in a few seconds",
                                  retryable=True)
     if status == 401:
-        return WorkerUnavailable("unauthorized", f"{where} refused the token (HTTP 401): set INFERENCE_AUTH_TOKEN")
-    return WorkerUnavailable("handshake_failed", f"{where} refused the WebSocket handshake: HTTP {status}",
+        return WorkerUnavailable(ClientCode.UNAUTHORIZED,
+                                 f"{where} refused the token (HTTP 401): set INFERENCE_AUTH_TOKEN")
+    return WorkerUnavailable(ClientCode.HANDSHAKE_FAILED, f"{where} refused the WebSocket handshake: HTTP {status}",
                              retryable=status >= 500)
 
 
 def _closed_error(url: str, ws: ClientConnection) -> PlaygroundError:
     code = ws.close_code
     if code == 1009:
-        return InvalidRequest("message_too_big", "the worker closed the connection: a request was larger than its "
-                                                 "MAX_MESSAGE_BYTES (a smaller image helps)")
+        return InvalidRequest(ClientCode.MESSAGE_TOO_BIG, "the worker closed the connection: a request was larger "
+                                                          "than its MAX_MESSAGE_BYTES (a smaller image helps)")
     if code == 1001:
-        return WorkerUnavailable("shutting_down", f"the worker at {url} is shutting down", retryable=True)
+        return WorkerUnavailable(ErrorCode.SHUTTING_DOWN, f"the worker at {url} is shutting down", retryable=True)
     detail = f" (close code {code})" if code is not None else ""
-    return WorkerUnavailable("disconnected", f"the connection to the worker at {url} was lost{detail}",
+    return WorkerUnavailable(ClientCode.DISCONNECTED, f"the connection to the worker at {url} was lost{detail}",
                              retryable=True)
 
 
