@@ -9,10 +9,10 @@
 
 One client holds at most one connection, opened on the first request. Several requests may run on it at once (two
 generations of an A/B comparison, a status request beside them): a reader task routes every server frame, validated
-with :func:`wire.protocol.parse_server_message`, to the request it answers (by ``session_id``,
-``adapter_path`` or reply type). When the connection drops — the worker restarted, say — every request on it fails
-with :class:`WorkerUnavailable` and the next request opens a new connection. Closing the client closes the socket,
-which cancels the connection's generations on the worker.
+with :func:`wire.protocol.parse_server_message`, to the request it answers: a generation's by its ``session_id``,
+every other one by the ``request_id`` it was sent with, which the worker echoes. When the connection drops — the
+worker restarted, say — every request on it fails with :class:`WorkerUnavailable` and the next request opens a new
+connection. Closing the client closes the socket, which cancels the connection's generations on the worker.
 
 Failures are typed and carry a stable ``code`` and ``retryable``: :class:`WorkerError` (the worker answered with an
 ``error``; the code is the worker's), :class:`WorkerUnavailable` (``unreachable``, ``loading``, ``shutting_down``,
@@ -31,13 +31,13 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import logging
 import os
 import sys
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -60,7 +60,6 @@ from wire.protocol import (
     Done,
     Error,
     ParseLimits,
-    Pong,
     Status,
     Token,
     parse_client_message,
@@ -209,15 +208,23 @@ def encode_request(message: dict[str, Any]) -> str:
 
 
 class _Connection:
-    """One WebSocket and the requests waiting on it (all of them fail together when it closes)."""
+    """One WebSocket and the requests waiting on it (all of them fail together when it closes).
+
+    A generation's replies carry its ``session_id``; every other request is sent with a ``request_id`` of its own,
+    which the worker echoes on every reply to it.
+    """
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
-        self.streams: dict[str, asyncio.Queue[Any]] = {}
-        self.loads: dict[str | None, deque[asyncio.Queue[Any]]] = {}
-        self.waiters: list[tuple[str, asyncio.Future[Any]]] = []
+        self.streams: dict[str, asyncio.Queue[Any]] = {}  # by session_id
+        self.loads: dict[str, asyncio.Queue[Any]] = {}  # by request_id
+        self.waiters: dict[str, asyncio.Future[Any]] = {}  # by request_id, in the order they were sent
         self.reader: asyncio.Task[None] | None = None
         self.error: PlaygroundError | None = None
+        self._ids = itertools.count(1)
+
+    def new_request_id(self) -> str:
+        return str(next(self._ids))
 
     @property
     def open(self) -> bool:
@@ -225,29 +232,27 @@ class _Connection:
 
     def fail(self, error: PlaygroundError) -> None:
         self.error = error
-        for queue in self.streams.values():
+        for queue in [*self.streams.values(), *self.loads.values()]:
             queue.put_nowait(error)
-        for pending in self.loads.values():
-            for queue in pending:
-                queue.put_nowait(error)
-        for _, future in self.waiters:
+        for future in self.waiters.values():
             if not future.done():
                 future.set_exception(error.copy())
         self.streams.clear()
         self.loads.clear()
         self.waiters.clear()
 
-    def resolve(self, kind: str | None, value: Any) -> bool:
-        """Answer the oldest waiting request of ``kind`` (any kind: ``None``); False when none waits."""
-        for i, (waiting, future) in enumerate(self.waiters):
-            if (kind is None or waiting == kind) and not future.done():
-                del self.waiters[i]
-                if isinstance(value, BaseException):
-                    future.set_exception(value)
-                else:
-                    future.set_result(value)
-                return True
-        return False
+    def resolve(self, request_id: str | None, value: Any) -> bool:
+        """Answer the request sent with ``request_id`` (``None``: the oldest one waiting); False when none waits."""
+        if request_id is None:
+            request_id = next((rid for rid, future in self.waiters.items() if not future.done()), None)
+        future = self.waiters.pop(request_id, None) if request_id is not None else None
+        if future is None or future.done():
+            return False
+        if isinstance(value, BaseException):
+            future.set_exception(value)
+        else:
+            future.set_result(value)
+        return True
 
 
 class WorkerClient:
@@ -295,23 +300,26 @@ class WorkerClient:
     ) -> AsyncIterator[AdapterProgress | AdapterLoaded | AdapterUnloaded]:
         """Make ``adapter_path`` this connection's adapter (``None``: the base model), yielding ``adapter_progress``
         while the worker downloads, verifies and loads it, then ``adapter_loaded`` (or ``adapter_unloaded``)."""
-        frame = encode_request({"type": "load_adapter", "adapter_path": adapter_path})
         conn = await self._connection()
+        request_id = conn.new_request_id()
+        frame = encode_request({"type": "load_adapter", "adapter_path": adapter_path, "request_id": request_id})
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        # The router takes the queue off this deque when the load's last message arrives.
-        conn.loads.setdefault(adapter_path, deque()).append(queue)
-        await self._send(conn, frame)
-        while True:
-            item = await queue.get()
-            if isinstance(item, AdapterProgress):
-                yield item
-            elif isinstance(item, AdapterLoaded | AdapterUnloaded):
-                yield item
-                return
-            elif isinstance(item, Error):
-                raise WorkerError.from_message(item)
-            else:
-                raise item.copy()
+        conn.loads[request_id] = queue  # the router removes it when the load's last message arrives
+        try:
+            await self._send(conn, frame)
+            while True:
+                item = await queue.get()
+                if isinstance(item, AdapterProgress):
+                    yield item
+                elif isinstance(item, AdapterLoaded | AdapterUnloaded):
+                    yield item
+                    return
+                elif isinstance(item, Error):
+                    raise WorkerError.from_message(item)
+                else:
+                    raise item.copy()
+        finally:
+            conn.loads.pop(request_id, None)
 
     async def load_adapter(
         self, adapter_path: str | None, on_progress: Callable[[AdapterProgress], object] | None = None
@@ -444,18 +452,19 @@ class WorkerClient:
                 await asyncio.wait_for(asyncio.shield(conn.reader), 5)
 
     async def _request(self, message: dict[str, Any], reply: str) -> Any:
-        frame = encode_request(message)
         conn = await self._connection()
+        request_id = conn.new_request_id()
+        frame = encode_request({**message, "request_id": request_id})
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        conn.waiters.append((reply, future))
+        conn.waiters[request_id] = future
         try:
             await self._send(conn, frame)
             return await asyncio.wait_for(future, self.reply_timeout)
         except TimeoutError:
             raise WorkerUnavailable(ClientCode.TIMEOUT, f"no {reply} reply from the worker at {self.url} within "
-                                               f"{self.reply_timeout:g} s", retryable=True) from None
+                                                        f"{self.reply_timeout:g} s", retryable=True) from None
         finally:
-            conn.waiters = [(k, f) for k, f in conn.waiters if f is not future]
+            conn.waiters.pop(request_id, None)
 
     async def _read(self, conn: _Connection) -> None:
         try:
@@ -487,30 +496,18 @@ class WorkerClient:
                 log.debug("cancel of %s came after its end", message.session_id)
             else:
                 self._to_stream(conn, message.session_id, message)
-        elif isinstance(message, AdapterProgress):
-            pending = conn.loads.get(message.adapter_path)
-            if pending:
-                pending[0].put_nowait(message)
-        elif isinstance(message, AdapterLoaded | AdapterUnloaded) or (
-            isinstance(message, Error) and message.adapter_path is not None
-        ):
-            path = None if isinstance(message, AdapterUnloaded) else message.adapter_path
-            pending = conn.loads.get(path)
-            if pending:  # the load's last message: whoever still listens, the next load of this path is next
-                pending.popleft().put_nowait(message)
-                if not pending:
-                    del conn.loads[path]
-        elif isinstance(message, Status):
-            conn.resolve("status", message)
-        elif isinstance(message, Adapters):
-            conn.resolve("adapters", message)
-        elif isinstance(message, Pong):
-            conn.resolve("pong", message)
+        elif message.request_id in conn.loads:
+            conn.loads[message.request_id].put_nowait(message)
+            if not isinstance(message, AdapterProgress):  # the load's last message
+                del conn.loads[message.request_id]
         elif isinstance(message, Error):
-            # No session and no adapter: a failed list_adapters, or a request the worker could not parse.
+            # A failed status or list_adapters, or (without a request_id) a request the worker could not parse.
             error = WorkerError.from_message(message)
-            if not (conn.resolve("adapters", error) or conn.resolve(None, error)):
-                log.warning("unanswerable error from the worker: %s", error)
+            if not conn.resolve(message.request_id, error):
+                log.log(logging.DEBUG if message.request_id else logging.WARNING,
+                        "an error from the worker that no request waits for: %s", error)
+        elif message.request_id is None or not conn.resolve(message.request_id, message):
+            log.debug("a %s reply that no request waits for (it timed out)", message.type)
 
     @staticmethod
     def _to_stream(conn: _Connection, session_id: str, message: Any) -> None:
@@ -520,12 +517,18 @@ class WorkerClient:
 
     def _route_bad_frame(self, conn: _Connection, frame: str, exc: ValidationError) -> None:
         error = BadFrame(ClientCode.BAD_FRAME, f"the worker sent a frame outside the protocol: {frame[:200]!r} "
-                                      f"({exc.error_count()} validation errors)")
+                                               f"({exc.error_count()} validation errors)")
         log.warning("%s", error)
         with contextlib.suppress(ValueError, TypeError, AttributeError):
-            session_id = json.loads(frame).get("session_id")
+            data = json.loads(frame)
+            session_id, request_id = data.get("session_id"), data.get("request_id")
             if session_id in conn.streams:
                 conn.streams[session_id].put_nowait(error)
+                return
+            if request_id in conn.loads:
+                conn.loads.pop(request_id).put_nowait(error)
+                return
+            if conn.resolve(request_id, error):
                 return
         conn.resolve(None, error)
 
