@@ -28,12 +28,18 @@ print(json.dumps({"heavy": heavy, "errors": [e.value for e in at.error], "except
 def playground_imports() -> list[str]:
     """Every module the playground's files import (absolute names; relative imports resolved to playground.*)."""
     names: set[str] = set()
-    for path in sorted((ROOT / "playground").glob("*.py")):
+    for path in sorted((ROOT / "playground").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        package = ".".join(parts[:-1])  # the package a relative import starts from
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
-                names.add(f"playground.{node.module}" if node.level else str(node.module))
+                if not node.level:
+                    names.add(str(node.module))
+                    continue
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                names.add(f"{base}.{node.module}" if node.module else base)
     return sorted(names - {"__future__"})
 
 

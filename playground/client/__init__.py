@@ -20,27 +20,21 @@ Failures are typed and carry a stable ``code`` and ``retryable``: :class:`Worker
 before sending, or ``message_too_big``) and :class:`BadFrame` (the worker sent something outside the protocol). The
 codes the client finds itself are :class:`ClientCode`; the worker's are :class:`wire.errors.ErrorCode`.
 
-Command line: ``python -m playground.client --image diagram.png [--adapter NAME] [--url ws://...] "prompt"`` streams
-the answer to stdout and prints timings to stderr (see ``--help``); ``--image process.bpmn`` (or any diagram source
-:mod:`diagrams` draws) is rendered as a PNG before it is sent.
+The parts: :mod:`.errors` (the error hierarchy), :mod:`.messages` (building and checking requests), this module (the
+connection, reply routing and the API) and :mod:`.__main__`, the command line: ``python -m playground.client --image
+diagram.png [--adapter NAME] [--url ws://...] "prompt"`` streams the answer to stdout and prints timings to stderr
+(see ``--help``); ``--image process.bpmn`` (or any diagram source :mod:`diagrams` draws) is rendered as a PNG first.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import base64
 import contextlib
 import itertools
 import json
 import logging
-import os
-import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -48,9 +42,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.protocol import State
 
-from diagrams import DiagramError, describe_kinds, kind_of, render_async
-from wire.errors import ErrorCode, ProtocolError
-from wire.images import mime_type
+from wire.errors import ErrorCode
 from wire.protocol import (
     AdapterItem,
     AdapterLoaded,
@@ -59,152 +51,40 @@ from wire.protocol import (
     AdapterUnloaded,
     Done,
     Error,
-    ParseLimits,
     Status,
     Token,
-    parse_client_message,
     parse_server_message,
 )
+
+from .errors import (
+    BadFrame,
+    ClientCode,
+    InvalidRequest,
+    PlaygroundError,
+    WorkerError,
+    WorkerUnavailable,
+    closed_error,
+    handshake_error,
+)
+from .messages import (
+    UNSET,
+    describe_progress,
+    encode_request,
+    generate_message,
+    image_part,
+    new_session_id,
+    user_message,
+)
+
+__all__ = [
+    "DEFAULT_URL", "UNSET", "BadFrame", "ClientCode", "InvalidRequest", "PlaygroundError", "WorkerClient",
+    "WorkerError", "WorkerUnavailable", "describe_progress", "encode_request", "generate_message", "image_part",
+    "new_session_id", "user_message",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "ws://localhost:8765"
-# Local validation checks the shape and types of a request; the worker's configurable limits are its to enforce.
-_NO_LIMITS = ParseLimits.unbounded()
-
-
-class _Unset:
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-UNSET: Any = _Unset()
-"""``adapter=UNSET``: use the connection's adapter (the field is left out); ``None``: the base model."""
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Errors
-
-
-class ClientCode(StrEnum):
-    """Codes of the failures the client finds itself; the worker's are :class:`wire.errors.ErrorCode`."""
-
-    UNREACHABLE = "unreachable"
-    LOADING = "loading"
-    UNAUTHORIZED = "unauthorized"
-    HANDSHAKE_FAILED = "handshake_failed"
-    TIMEOUT = "timeout"
-    DISCONNECTED = "disconnected"
-    BAD_URL = "bad_url"
-    MESSAGE_TOO_BIG = "message_too_big"
-    BAD_FRAME = "bad_frame"
-
-
-class PlaygroundError(Exception):
-    """A failure with a stable ``code``, a message for people and whether trying again later can succeed."""
-
-    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.retryable = retryable
-
-    def copy(self) -> PlaygroundError:
-        """A fresh instance (one error can end several requests; each raises its own)."""
-        return type(self)(self.code, self.message, retryable=self.retryable)
-
-
-class WorkerError(PlaygroundError):
-    """The worker answered with an ``error`` message; ``code`` is its stable code (``busy``, ``invalid_image``…)."""
-
-    session_id: str | None = None
-    adapter_path: str | None = None
-
-    @classmethod
-    def from_message(cls, message: Error) -> WorkerError:
-        error = cls(str(message.code), message.message, retryable=message.retryable)
-        error.session_id = message.session_id
-        error.adapter_path = message.adapter_path
-        return error
-
-
-class WorkerUnavailable(PlaygroundError):
-    """The worker cannot serve the request: down, still loading its model, shutting down, or the connection broke."""
-
-
-class InvalidRequest(PlaygroundError):
-    """The request is not a valid protocol message (refused before sending), or it was too big for the worker."""
-
-
-class BadFrame(PlaygroundError):
-    """The worker sent a frame that is not a valid protocol message."""
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Request builders (pure)
-
-
-def image_part(data: bytes) -> dict[str, str]:
-    """An image content part: a data URL for PNG/JPEG/WebP; bare base64 otherwise (the worker then says why not)."""
-    encoded = base64.b64encode(data).decode("ascii")
-    mime = mime_type(data)
-    return {"type": "image", "image": f"data:{mime};base64,{encoded}" if mime else encoded}
-
-
-def user_message(text: str, image: bytes | None = None, images: Sequence[bytes] = ()) -> dict[str, Any]:
-    """A user chat message: the image parts first, then the text (the order Qwen3-VL is trained on)."""
-    pictures = ([image] if image is not None else []) + list(images)
-    if not pictures:
-        return {"role": "user", "content": text}
-    return {"role": "user", "content": [*(image_part(p) for p in pictures), {"type": "text", "text": text}]}
-
-
-def new_session_id() -> str:
-    return uuid.uuid4().hex
-
-
-def generate_message(
-    messages: Sequence[dict[str, Any]],
-    *,
-    session_id: str | None = None,
-    system_prompt: str | None = None,
-    max_tokens: int | None = None,
-    temperature: float | None = None,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    repetition_penalty: float | None = None,
-    stop: Sequence[str] | None = None,
-    adapter: str | None = UNSET,
-) -> dict[str, Any]:
-    """A ``generate`` message (parameters left at ``None`` are left out: the worker's defaults apply)."""
-    message: dict[str, Any] = {"type": "generate", "messages": list(messages),
-                               "session_id": session_id or new_session_id()}
-    floats = {"temperature": temperature, "top_p": top_p, "repetition_penalty": repetition_penalty}
-    ints = {"max_tokens": max_tokens, "top_k": top_k, "seed": seed}
-    message.update({k: float(v) for k, v in floats.items() if v is not None})
-    message.update({k: int(v) for k, v in ints.items() if v is not None})
-    if system_prompt:
-        message["system_prompt"] = system_prompt
-    if stop:
-        message["stop"] = list(stop)
-    if adapter is not UNSET:
-        message["adapter"] = adapter
-    return message
-
-
-def encode_request(message: dict[str, Any]) -> str:
-    """The frame for a client message, checked against the protocol's models first (:class:`InvalidRequest`)."""
-    frame = json.dumps(message, ensure_ascii=False)
-    try:
-        parse_client_message(frame, _NO_LIMITS)
-    except ProtocolError as exc:
-        raise InvalidRequest(str(exc.code), exc.message) from None
-    return frame
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The client
 
 
 class _Connection:
@@ -420,7 +300,7 @@ class WorkerClient:
             return await connect(self.url, open_timeout=self.open_timeout, max_size=None, close_timeout=2,
                                  additional_headers=headers, user_agent_header="inference-playground")
         except InvalidStatus as exc:
-            raise _handshake_error(where, exc) from None
+            raise handshake_error(where, exc) from None
         except InvalidURI:
             raise WorkerUnavailable(ClientCode.BAD_URL,
                                     f"{self.url!r} is not a WebSocket URL (ws://host:port)") from None
@@ -444,7 +324,7 @@ class WorkerClient:
             await conn.ws.send(frame)
         except ConnectionClosed:
             await self._wait_reader(conn)
-            raise (conn.error or _closed_error(self.url, conn.ws)).copy() from None
+            raise (conn.error or closed_error(self.url, conn.ws)).copy() from None
 
     async def _wait_reader(self, conn: _Connection) -> None:
         if conn.reader is not None:
@@ -477,7 +357,7 @@ class WorkerClient:
             conn.fail(BadFrame(ClientCode.BAD_FRAME, f"could not handle a frame from the worker: {exc}"))
         finally:
             if conn.error is None:
-                conn.fail(_closed_error(self.url, conn.ws))
+                conn.fail(closed_error(self.url, conn.ws))
 
     def _route(self, conn: _Connection, frame: str | bytes) -> None:
         if isinstance(frame, bytes):
@@ -531,151 +411,3 @@ class WorkerClient:
             if conn.resolve(request_id, error):
                 return
         conn.resolve(None, error)
-
-
-def _handshake_error(where: str, exc: InvalidStatus) -> WorkerUnavailable:
-    status = exc.response.status_code
-    reason = ""
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        reason = json.loads(exc.response.body or b"{}").get("error", "")
-    if status == 503 and reason == "shutting_down":
-        return WorkerUnavailable(ErrorCode.SHUTTING_DOWN, f"{where} is shutting down (HTTP 503)", retryable=True)
-    if status == 503:
-        return WorkerUnavailable(ClientCode.LOADING,
-                                 f"{where} is still loading its model (HTTP 503); retry in a few seconds",
-                                 retryable=True)
-    if status == 401:
-        return WorkerUnavailable(ClientCode.UNAUTHORIZED,
-                                 f"{where} refused the token (HTTP 401): set INFERENCE_AUTH_TOKEN")
-    return WorkerUnavailable(ClientCode.HANDSHAKE_FAILED, f"{where} refused the WebSocket handshake: HTTP {status}",
-                             retryable=status >= 500)
-
-
-def _closed_error(url: str, ws: ClientConnection) -> PlaygroundError:
-    code = ws.close_code
-    if code == 1009:
-        return InvalidRequest(ClientCode.MESSAGE_TOO_BIG, "the worker closed the connection: a request was larger "
-                                                          "than its MAX_MESSAGE_BYTES (a smaller image helps)")
-    if code == 1001:
-        return WorkerUnavailable(ErrorCode.SHUTTING_DOWN, f"the worker at {url} is shutting down", retryable=True)
-    detail = f" (close code {code})" if code is not None else ""
-    return WorkerUnavailable(ClientCode.DISCONNECTED, f"the connection to the worker at {url} was lost{detail}",
-                             retryable=True)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Command line
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_RETRY = 75  # EX_TEMPFAIL: the same command may work later (worker busy, down or loading)
-
-_EPILOG = """\
-The answer streams to stdout; adapter loading progress and a final line of timings (time to first token,
-tokens/s, tokens, finish reason, adapter) go to stderr. Exit status: 0 done, 1 failed, 2 bad arguments,
-75 temporary failure (worker down, loading or busy: try again later), 130 interrupted.
-"""
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m playground.client",
-        description="Send an image and a prompt to the inference worker and stream the answer.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("prompt", help="the instruction, e.g. 'Describe this diagram as a Markdown table'")
-    parser.add_argument("--image", action="append", type=Path, default=[], metavar="FILE",
-                        help="PNG, JPEG or WebP image, sent before the prompt (repeatable); a diagram source is "
-                             f"drawn as PNG first: {describe_kinds()}")
-    parser.add_argument("--adapter", help="LoRA adapter to use (default: the base model)")
-    parser.add_argument("--url", default=os.environ.get("INFERENCE_WS_URL", DEFAULT_URL),
-                        help="worker URL (default: $INFERENCE_WS_URL or %(default)s)")
-    parser.add_argument("--token", default=os.environ.get("INFERENCE_AUTH_TOKEN"),
-                        help="auth token (default: $INFERENCE_AUTH_TOKEN)")
-    parser.add_argument("--system", help="system prompt")
-    parser.add_argument("--max-tokens", type=int)
-    parser.add_argument("--temperature", type=float, help="0 is greedy")
-    parser.add_argument("--top-k", type=int)
-    parser.add_argument("--top-p", type=float)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--repetition-penalty", type=float)
-    return parser
-
-
-def describe_progress(progress: AdapterProgress) -> str:
-    """``downloading 1.2 of 24.5 MB``, ``verifying``, ``loading``."""
-    if progress.total:
-        return f"{progress.stage} {progress.bytes / 1e6:.1f} of {progress.total / 1e6:.1f} MB"
-    if progress.bytes:
-        return f"{progress.stage} {progress.bytes / 1e6:.1f} MB"
-    return progress.stage
-
-
-def format_timings(done: Done) -> str:
-    """One line: time to first token, tokens/s, tokens, finish reason, adapter, total."""
-    t = done.timings
-    ttft = f"{t.ttft_ms:.1f} ms" if t.ttft_ms is not None else "-"
-    speed = f"{t.tokens_per_s:.1f}" if t.tokens_per_s is not None else "-"
-    return (f"ttft {ttft} | {speed} tokens/s | {done.usage.completion_tokens} tokens | "
-            f"finish {done.finish_reason} | adapter {done.adapter or 'base model'} | total {t.total_ms:.1f} ms")
-
-
-async def _run_cli(args: argparse.Namespace, out: Any, err: Any) -> int:
-    images = []
-    for path in args.image:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            print(f"error: cannot read image {str(path)!r}: {exc.strerror or exc}", file=err)
-            return EXIT_USAGE
-        if kind_of(path.name) is not None:  # a diagram source: drawn here (on a thread), the worker gets a picture
-            try:
-                rendered = await render_async(data, name=path.name)
-            except DiagramError as exc:
-                print(f"error: {path.name}: {exc}", file=err)
-                return EXIT_USAGE
-            print(f"{path.name}: {rendered.describe()}", file=err, flush=True)
-            data = rendered.png
-        images.append(data)
-    messages = [user_message(args.prompt, images=images)]
-    async with WorkerClient(args.url, token=args.token) as client:
-        if args.adapter:
-            loaded = await client.load_adapter(
-                args.adapter, on_progress=lambda p: print(f"adapter {p.adapter_path}: {describe_progress(p)}",
-                                                          file=err, flush=True))
-            if isinstance(loaded, AdapterLoaded):
-                print(f"adapter {loaded.name or loaded.adapter_path} (rank {loaded.rank}, "
-                      f"{'cached' if loaded.cached else 'fetched'}, {loaded.load_ms} ms)", file=err, flush=True)
-        ended_with_newline = True
-        async for item in client.generate(
-            messages, system_prompt=args.system, max_tokens=args.max_tokens, temperature=args.temperature,
-            top_k=args.top_k, top_p=args.top_p, seed=args.seed, repetition_penalty=args.repetition_penalty,
-            adapter=args.adapter if args.adapter else UNSET,
-        ):
-            if isinstance(item, Done):
-                if not ended_with_newline:
-                    out.write("\n")
-                out.flush()
-                print(format_timings(item), file=err, flush=True)
-            elif item:
-                out.write(item)
-                out.flush()
-                ended_with_newline = item.endswith("\n")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return asyncio.run(_run_cli(args, sys.stdout, sys.stderr))
-    except PlaygroundError as exc:
-        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
-        return EXIT_RETRY if exc.retryable else EXIT_FAILED
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
