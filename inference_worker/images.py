@@ -19,6 +19,7 @@ from PIL import Image
 
 from wire.errors import ErrorCode, InputError
 from wire.images import SUPPORTED_FORMATS, sniff_format
+from wire.limits import IMAGE_MAX_BYTES
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*),", re.ASCII)
 _MIME_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
@@ -27,7 +28,7 @@ MAX_ASPECT_RATIO = 200  # the Qwen vision preprocessing refuses more
 
 @dataclass(frozen=True)
 class ImageLimits:
-    max_bytes: int = 10 * 1024 * 1024
+    max_bytes: int = IMAGE_MAX_BYTES
     max_source_pixels: int = 36_000_000
 
 

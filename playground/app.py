@@ -66,12 +66,15 @@ from playground.runs import (
 from playground.settings import PlaygroundSettings
 from playground.store import HistoryStore, StoreError
 from wire.errors import ErrorCode
+from wire.limits import DEFAULT_MAX_TOKENS, IMAGE_MAX_BYTES, MAX_NEW_TOKENS, sampling_ranges
 from wire.protocol import AdapterItem, AdapterProgress, Status
 
-# When the worker cannot be asked, the controls use the worker's documented defaults.
-FALLBACK_LIMITS: dict[str, Any] = {"max_new_tokens": 2048, "default_max_tokens": 512, "temperature": [0.0, 5.0],
-                                   "top_p": [0.0, 1.0], "repetition_penalty": [0.0, 10.0],
-                                   "image_max_bytes": 10 * 1024 * 1024}
+# When the worker cannot be asked, the controls use the worker's defaults.
+_RANGES = sampling_ranges()
+FALLBACK_LIMITS: dict[str, Any] = {"max_new_tokens": MAX_NEW_TOKENS, "default_max_tokens": DEFAULT_MAX_TOKENS,
+                                   "temperature": _RANGES["temperature"], "top_p": _RANGES["top_p"],
+                                   "repetition_penalty": _RANGES["repetition_penalty"],
+                                   "image_max_bytes": IMAGE_MAX_BYTES}
 STATUS_TIMEOUT_S = 3.0  # every page run asks for the status: an unreachable host must not hold the page long
 STATUS_EVERY_S = 1.0  # while a run streams, the sidebar's status is refreshed this often
 MAX_SEED = 2**53 - 1  # the largest integer a browser number input holds exactly
