@@ -19,9 +19,10 @@ MODEL ?= Qwen/Qwen3-VL-2B-Instruct
 
 venv: $(STAMP)
 
-$(STAMP): $(REQS)
+$(STAMP): $(REQS) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements/dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -c "import torch, torchvision, transformers, peft, websockets, streamlit"
 	rm -f $(VENV)/.installed-*
 	touch $@

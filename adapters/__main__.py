@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from inference_worker.errors import AdapterInvalid, ServiceError
+from wire.errors import AdapterInvalid, ServiceError
 
 from .archive import extract_adapter
 from .config import StoreSettings
@@ -188,8 +188,7 @@ COMMANDS: dict[str, Callable[[AdapterStore, argparse.Namespace], str]] = {
 
 def demo_store_dir() -> Path:
     """The store the demo worker serves: ``INFERENCE_DEMO_DIR``'s (the worker's setting) ``adapters`` directory."""
-    from inference_worker.config import default_demo_dir
-    from inference_worker.demo import DemoPaths
+    from checkpoints.demo import DemoPaths, default_demo_dir
 
     return DemoPaths(Path(os.environ.get("INFERENCE_DEMO_DIR") or default_demo_dir())).store_dir
 

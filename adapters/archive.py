@@ -13,7 +13,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference_worker.errors import AdapterForbidden, AdapterInvalid
+from wire.errors import AdapterForbidden, AdapterInvalid
 
 from .refs import safe_join
 from .validate import CONFIG_FILE

@@ -23,12 +23,12 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from inference_worker.errors import AdapterForbidden, AdapterInvalid
+from wire.errors import AdapterForbidden, AdapterInvalid
 
 from .manifest import MANIFEST_FILE, Manifest
 from .refs import safe_join
 from .store import FetchedAdapter, Progress, Transfer
-from .validate import OPTIONAL_FILES, REQUIRED_FILES
+from .validate import OPTIONAL_FILES, PICKLE_SUFFIXES, REQUIRED_FILES
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class VerifiedCache:
     def _check_names(manifest: Manifest) -> None:
         for name in manifest.files:
             if name not in ALLOWED_FILES:
-                if name.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")):
+                if name.endswith(PICKLE_SUFFIXES):
                     raise AdapterInvalid(f"manifest lists {name!r}: pickle files are never downloaded or loaded")
                 raise AdapterForbidden(f"manifest lists a file outside the adapter format: {name[:200]!r}")
         missing = [f for f in REQUIRED_FILES if f not in manifest.files]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .refs import S3_BUCKET
 
 GiB = 1024**3
 
@@ -19,7 +20,7 @@ def _default_cache_dir() -> Path:
 
 
 def _check_bucket(name: str) -> str:
-    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", name):
+    if not S3_BUCKET.fullmatch(name):
         raise ValueError(f"invalid S3 bucket name {name!r}")
     return name
 

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from inference_worker.errors import AdapterConflict, AdapterInvalid, AdapterNotFound
+from wire.errors import AdapterConflict, AdapterInvalid, AdapterNotFound
 
 from .manifest import MANIFEST_FILE, FileEntry, Manifest, adapter_files, build_manifest, hash_file
 from .refs import check_name, is_valid_name

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from inference_worker.errors import AdapterInvalid
+from wire.errors import AdapterInvalid
 
 from .validate import AdapterFacts
 

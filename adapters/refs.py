@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from inference_worker.errors import AdapterForbidden
+from wire.errors import AdapterForbidden
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _NAME = re.compile(NAME_PATTERN)
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3's rule for bucket names
 
 
 def is_valid_name(name: str) -> bool:
@@ -92,7 +92,7 @@ def _parse_s3(value: str, allowed_buckets: Sequence[str] | None) -> S3Ref:
     rest = value[len("s3://") :]
     bucket, _, prefix = rest.partition("/")
     prefix = prefix.strip("/")
-    if not _S3_BUCKET.match(bucket):
+    if not S3_BUCKET.match(bucket):
         raise AdapterForbidden(f"invalid bucket name {bucket[:70]!r}")
     if bucket not in allowed_buckets:
         raise AdapterForbidden(f"bucket {bucket!r} is not in MINIO_ALLOWED_BUCKETS")

@@ -20,7 +20,7 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
-from inference_worker.errors import AdapterConflict, AdapterInvalid, AdapterNotFound, StoreUnavailable
+from wire.errors import AdapterConflict, AdapterInvalid, AdapterNotFound, StoreUnavailable
 
 from .cache import VerifiedCache
 from .manifest import MANIFEST_FILE, FileEntry, Manifest, adapter_files, build_manifest, hash_file

@@ -81,7 +81,7 @@ class AdapterStore(ABC):
         """Re-hash every file of ``name`` against its manifest; AdapterInvalid on any difference."""
 
     def exists(self, name: str) -> bool:
-        from inference_worker.errors import AdapterNotFound
+        from wire.errors import AdapterNotFound
 
         try:
             self.manifest(name)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inference_worker.errors import AdapterInvalid, AdapterNotFound
+from wire.errors import AdapterInvalid, AdapterNotFound
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -42,7 +42,7 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 _KEY = re.compile(
     r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B)\.weight$|^(?P<emodule>.+)\.(?P<ekind>lora_embedding_[AB])$"
 )
-_PEFT_PREFIX = "base_model.model."
+PEFT_PREFIX = "base_model.model."  # of every module name in an adapter's weights (PEFT's wrapper)
 
 
 @dataclass(frozen=True)
@@ -121,8 +121,8 @@ def _module_name(key: str) -> tuple[str, str] | None:
         return None
     module = m.group("module") or m.group("emodule")
     kind = m.group("kind") or m.group("ekind")
-    if module.startswith(_PEFT_PREFIX):
-        module = module[len(_PEFT_PREFIX) :]
+    if module.startswith(PEFT_PREFIX):
+        module = module[len(PEFT_PREFIX) :]
     return module, kind
 
 

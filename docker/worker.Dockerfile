@@ -15,6 +15,8 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin worker \
 WORKDIR /app
 COPY requirements/ requirements/
 RUN pip install -r requirements/worker.txt
+COPY wire/ wire/
+COPY checkpoints/ checkpoints/
 COPY inference_worker/ inference_worker/
 COPY adapters/ adapters/
 

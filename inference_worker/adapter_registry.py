@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from adapters.sources import AdapterSources, Identity, Materialized
+from wire.errors import ServiceError, StoreUnavailable
 
 from .engines.base import Engine
-from .errors import ServiceError, StoreUnavailable
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)

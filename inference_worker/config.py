@@ -14,9 +14,11 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from adapters.config import StoreSettings
+from checkpoints.demo import default_demo_dir
+from wire import limits
+from wire.protocol import ParseLimits
 
 from .images import ImageLimits
-from .protocol import ParseLimits
 from .validation import RequestLimits
 
 MiB = 1024 * 1024
@@ -24,12 +26,6 @@ MiB = 1024 * 1024
 
 def _env(name: str, *more: str) -> AliasChoices:
     return AliasChoices(name, *more)
-
-
-def default_demo_dir() -> Path:
-    """INFERENCE_DEMO_DIR's default (the adapter CLI's ``--demo`` finds the demo's store with it too)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "inference-worker" / "demo"
 
 
 class Settings(StoreSettings):
@@ -117,10 +113,12 @@ class Settings(StoreSettings):
 
     # ---- generation limits -------------------------------------------------------------------------------------
     max_new_tokens: int = Field(
-        2048, ge=1, validation_alias=_env("MAX_NEW_TOKENS"), description="Cap on max_tokens of any request."
+        limits.MAX_NEW_TOKENS, ge=1, validation_alias=_env("MAX_NEW_TOKENS"),
+        description="Cap on max_tokens of any request."
     )
     default_max_tokens: int = Field(
-        512, ge=1, validation_alias=_env("DEFAULT_MAX_TOKENS"), description="max_tokens when a request gives none."
+        limits.DEFAULT_MAX_TOKENS, ge=1, validation_alias=_env("DEFAULT_MAX_TOKENS"),
+        description="max_tokens when a request gives none."
     )
     max_prompt_tokens: int = Field(
         16384, ge=1, validation_alias=_env("MAX_PROMPT_TOKENS"), description="Longest prompt (image tokens included)."
@@ -158,10 +156,11 @@ class Settings(StoreSettings):
         description="Vision encodings kept for reuse (an A/B pair encodes its image once); 0 turns it off.",
     )
     temperature_max: float = Field(
-        5.0, gt=0, validation_alias=_env("TEMPERATURE_MAX"), description="Largest temperature a request may ask for."
+        limits.TEMPERATURE_MAX, gt=0, validation_alias=_env("TEMPERATURE_MAX"),
+        description="Largest temperature a request may ask for."
     )
     repetition_penalty_max: float = Field(
-        10.0,
+        limits.REPETITION_PENALTY_MAX,
         ge=1.0,
         validation_alias=_env("REPETITION_PENALTY_MAX"),
         description="Largest repetition_penalty a request may ask for.",
@@ -211,7 +210,7 @@ class Settings(StoreSettings):
         4, ge=0, validation_alias=_env("MAX_IMAGES_PER_REQUEST"), description="Images in one generate."
     )
     image_max_bytes: int = Field(
-        10 * MiB, ge=1, validation_alias=_env("IMAGE_MAX_BYTES"), description="Encoded size of one image."
+        limits.IMAGE_MAX_BYTES, ge=1, validation_alias=_env("IMAGE_MAX_BYTES"), description="Encoded size of one image."
     )
     image_max_source_pixels: int = Field(
         36_000_000,

@@ -17,18 +17,18 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from .errors import ErrorCode, InputError
+from wire.errors import ErrorCode, InputError
+from wire.images import SUPPORTED_FORMATS, sniff_format
+from wire.limits import IMAGE_MAX_BYTES
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*),", re.ASCII)
 _MIME_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
-SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP")
-MIME_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 MAX_ASPECT_RATIO = 200  # the Qwen vision preprocessing refuses more
 
 
 @dataclass(frozen=True)
 class ImageLimits:
-    max_bytes: int = 10 * 1024 * 1024
+    max_bytes: int = IMAGE_MAX_BYTES
     max_source_pixels: int = 36_000_000
 
 
@@ -39,31 +39,6 @@ class DecodedImage:
     width: int
     height: int
     size_bytes: int
-
-
-def sniff_format(data: bytes) -> str | None:
-    """The image format named by the magic bytes, or None."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "GIF"
-    if data[:2] == b"BM":
-        return "BMP"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "TIFF"
-    if data[4:12] in (b"ftypavif", b"ftypheic", b"ftypmif1"):
-        return "HEIF/AVIF"
-    return None
-
-
-def mime_type(data: bytes) -> str | None:
-    """``image/png``, ``image/jpeg`` or ``image/webp`` from the magic bytes; None for any other format."""
-    fmt = sniff_format(data)
-    return MIME_TYPES.get(fmt) if fmt is not None else None
 
 
 def _too_large(message: str) -> InputError:

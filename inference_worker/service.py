@@ -6,28 +6,50 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from adapters.factory import open_stores
 from adapters.sources import AdapterSources
 from adapters.store import AdapterStore
+from wire import protocol as p
+from wire.errors import CapacityError, ErrorCode, ServiceError
 
-from . import protocol as p
 from .config import Settings
 from .engines.base import StepStats
-from .errors import CapacityError, ErrorCode, ServiceError
 from .metrics import Metrics
 
 if TYPE_CHECKING:
     from .adapter_registry import AdapterRegistry, Loaded
     from .engines.base import Engine
-    from .session import Session
     from .validation import GenerateValidator
 
 log = logging.getLogger(__name__)
+
+
+class AdapterKey(Protocol):
+    @property
+    def key(self) -> str: ...
+
+
+class Connection(Protocol):
+    """One open connection as the service sees it (``session.Session`` is one; the service never imports it)."""
+
+    @property
+    def adapter(self) -> AdapterKey | None:
+        """The connection's active adapter, None on the base model."""
+        ...
+
+    @property
+    def generations(self) -> Mapping[str, object]:
+        """Its generations not yet finished, by session id."""
+        ...
+
+    def abort_all(self, error: ServiceError) -> None:
+        """End every generation of the connection with ``error``."""
+        ...
 
 
 class Admission:
@@ -76,7 +98,7 @@ class Service:
         # One thread parses large frames for every connection, in turn: off the event loop, and at most one
         # large frame's parsed copy in memory at a time.
         self.parse_pool = ThreadPoolExecutor(1, thread_name_prefix="parse")
-        self.sessions: set[Session] = set()
+        self.sessions: set[Connection] = set()
         self.engine: Engine | None = None
         self.validator: GenerateValidator | None = None
         self.registry: AdapterRegistry | None = None
@@ -97,7 +119,7 @@ class Service:
 
         s = self.settings
         if s.demo:
-            from .demo import ensure_demo
+            from checkpoints.demo import ensure_demo
 
             paths = await asyncio.to_thread(ensure_demo, s.demo_dir)
             self.model_name = str(paths.model_dir)

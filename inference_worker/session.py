@@ -18,10 +18,8 @@ from typing import Any, TypeVar
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from . import protocol as p
-from .adapter_registry import Loaded
-from .engines.base import ChatTurn, EngineRequest, Finished, TextDelta
-from .errors import (
+from wire import protocol as p
+from wire.errors import (
     CapacityError,
     DeadlineExceeded,
     ErrorCode,
@@ -30,6 +28,9 @@ from .errors import (
     ServiceError,
     SessionError,
 )
+
+from .adapter_registry import Loaded
+from .engines.base import ChatTurn, EngineRequest, Finished, TextDelta
 from .service import Service
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class AdapterHandle:
 @dataclass
 class Generation:
     session_id: str
+    reply_to: str | None = None  # the client's request_id of the generate, echoed on its tokens and its end
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # the engine's id of this request
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     abort_error: ServiceError | None = None  # when set, the terminal message is this error
@@ -116,15 +118,15 @@ class Session:
         except ProtocolError as exc:
             if exc.message_type == "generate":
                 self.service.metrics.requests.labels(str(exc.code)).inc()
-            await self.send(p.error_message(exc, session_id=exc.session_id))
+            await self.send(p.error_message(exc, session_id=exc.session_id), exc.request_id)
             return
         match message:
             case p.Ping():
-                await self.send(p.Pong())
+                await self.send(p.Pong(), message.request_id)
             case p.StatusRequest():
-                await self.send(self.service.status())
+                await self.send(self.service.status(), message.request_id)
             case p.ListAdapters():
-                self._spawn(self._list_adapters())
+                self._spawn(self._list_adapters(message.request_id))
             case p.LoadAdapter():
                 previous = self._adapter_change
                 self._adapter_change = self._spawn(self._load_adapter(message, previous))
@@ -133,7 +135,7 @@ class Session:
                 if gen is None:
                     await self.send(p.error_message(SessionError(
                         f"no running generation with session_id {message.session_id!r} on this connection",
-                        code=ErrorCode.UNKNOWN_SESSION), session_id=message.session_id))
+                        code=ErrorCode.UNKNOWN_SESSION), session_id=message.session_id), message.request_id)
                 else:
                     gen.stop()
             case p.Generate():
@@ -146,9 +148,12 @@ class Session:
         return await loop.run_in_executor(self.service.parse_pool, p.parse_client_message, frame,
                                           self.service.parse_limits)
 
-    async def send(self, message: Any) -> bool:
+    async def send(self, message: Any, request_id: str | None = None) -> bool:
+        """Send a reply; ``request_id``: that of the client message it answers, echoed when there was one."""
         if self._closed:
             return False
+        if request_id is not None:
+            message.request_id = request_id
         try:
             await self.ws.send(p.encode(message))
             return True
@@ -178,19 +183,19 @@ class Session:
         """Change this connection's adapter; returns the connection's adapter once this change is applied."""
         if previous is not None:
             await asyncio.wait([previous])  # adapter changes apply in the order they were sent
-        ref = message.adapter_path
+        ref, rid = message.adapter_path, message.request_id
         if ref is None:
             self._set_adapter(None)
-            await self.send(p.AdapterUnloaded())
+            await self.send(p.AdapterUnloaded(), rid)
             return None
         registry = self.service.registry
         assert registry is not None
         started = time.perf_counter()
         try:
-            outcome = await registry.load(ref, self._progress(ref))
+            outcome = await registry.load(ref, self._progress(ref, rid))
         except ServiceError as exc:
             log.info("load_adapter %s from %s refused: %s", ref, self.peer, exc)
-            await self.send(p.error_message(exc, adapter_path=ref))
+            await self.send(p.error_message(exc, adapter_path=ref), rid)
             return self.adapter
         entry = outcome.entry
         self._set_adapter(entry, ref)
@@ -199,10 +204,10 @@ class Session:
             adapter_path=ref, name=entry.name, digest=entry.digest, rank=entry.rank, alpha=entry.alpha,
             target_modules=entry.target_modules, cached=outcome.cached,
             load_ms=round((time.perf_counter() - started) * 1000, 2),
-        ))
+        ), rid)
         return handle
 
-    def _progress(self, ref: str) -> Callable[[str, int, int | None], None]:
+    def _progress(self, ref: str, request_id: str | None) -> Callable[[str, int, int | None], None]:
         """A progress callback usable from any thread; download progress is sent at most every 100 ms."""
         loop = asyncio.get_running_loop()
         last_at = [0.0]
@@ -214,15 +219,15 @@ class Session:
                 return
             last_at[0], last_stage[0] = now, stage
             message = p.AdapterProgress(adapter_path=ref, stage=stage, bytes=done, total=total)  # type: ignore[arg-type]
-            loop.call_soon_threadsafe(lambda: self._spawn(self.send(message)))
+            loop.call_soon_threadsafe(lambda: self._spawn(self.send(message, request_id)))
 
         return report
 
-    async def _list_adapters(self) -> None:
+    async def _list_adapters(self, request_id: str | None) -> None:
         try:
-            await self.send(await self.service.list_adapters())
+            await self.send(await self.service.list_adapters(), request_id)
         except ServiceError as exc:
-            await self.send(p.error_message(exc))
+            await self.send(p.error_message(exc), request_id)
 
     # ---- generation ------------------------------------------------------------------------------------------
     async def _start_generation(self, message: p.Generate) -> None:
@@ -243,9 +248,9 @@ class Session:
             self.service.admission.admit()
         except ServiceError as exc:
             self.service.metrics.requests.labels(str(exc.code)).inc()
-            await self.send(p.error_message(exc, session_id=session_id))
+            await self.send(p.error_message(exc, session_id=session_id), message.request_id)
             return
-        gen = Generation(session_id)
+        gen = Generation(session_id, reply_to=message.request_id)
         self.generations[session_id] = gen
         # The adapter is the one this connection has once every load_adapter sent before this generate is applied.
         change = self._adapter_change
@@ -294,7 +299,7 @@ class Session:
             outcome = terminal.code if isinstance(terminal, p.Error) else terminal.finish_reason
             service.metrics.requests.labels(str(outcome)).inc()
             del self.generations[gen.session_id]
-            await self.send(terminal)
+            await self.send(terminal, gen.reply_to)
 
     def _max_tokens(self, message: p.Generate) -> int:
         assert self.service.validator is not None
@@ -375,7 +380,7 @@ class Session:
             async for event in events:
                 if isinstance(event, TextDelta):
                     content.append(event.text)
-                    await self.send(p.Token(content=event.text, session_id=gen.session_id))
+                    await self.send(p.Token(content=event.text, session_id=gen.session_id), gen.reply_to)
                 else:
                     finished = event
         assert finished is not None, "an engine stream always ends with Finished"

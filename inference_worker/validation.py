@@ -1,6 +1,6 @@
 """Everything a ``generate`` is checked against before it reaches the engine, in one place.
 
-The protocol (``protocol.py``) checks the shape of a message; this module checks it against the operator's limits
+The protocol (``wire/protocol.py``) checks the shape of a message; this module checks it against the operator's limits
 (every one from the settings object) and the model's capabilities, fills in what the request left out (the model's
 sampling defaults, ``max_tokens``, a seed), decodes its images, and builds the engine's request record.
 
@@ -15,36 +15,36 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from . import protocol as p
-from .engines.base import Capabilities, ChatTurn, EngineRequest, SamplingParams
-from .errors import ErrorCode, InputError, ProtocolError
-from .images import ImageLimits, decode_image
+from wire import protocol as p
+from wire.errors import ErrorCode, InputError, ProtocolError
+from wire.limits import (
+    DEFAULT_MAX_TOKENS,
+    MAX_NEW_TOKENS,
+    REPETITION_PENALTY_MAX,
+    SEED_MAX,
+    TEMPERATURE_MAX,
+    sampling_ranges,
+)
 
-SEED_MAX = 2**63 - 1
+from .engines.base import Capabilities, ChatTurn, EngineRequest, SamplingParams
+from .images import ImageLimits, decode_image
 
 
 @dataclass(frozen=True)
 class RequestLimits:
     """The limits of one request (filled from the settings; ``Settings.request_limits()``)."""
 
-    max_new_tokens: int = 2048
-    default_max_tokens: int = 512
+    max_new_tokens: int = MAX_NEW_TOKENS
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
     max_prompt_tokens: int = 16384
     max_stop_length: int = 64
     max_images_per_request: int = 4
-    temperature_max: float = 5.0
-    repetition_penalty_max: float = 10.0
+    temperature_max: float = TEMPERATURE_MAX
+    repetition_penalty_max: float = REPETITION_PENALTY_MAX
 
     def sampling_ranges(self) -> dict[str, list[Any]]:
-        """[low, high] of each sampling parameter, as ``status`` reports them. top_p and repetition_penalty must be
-        greater than their low end; the others may equal it."""
-        return {
-            "temperature": [0.0, self.temperature_max],
-            "top_p": [0.0, 1.0],
-            "repetition_penalty": [0.0, self.repetition_penalty_max],
-            "top_k": [0, None],
-            "seed": [0, SEED_MAX],
-        }
+        """[low, high] of each sampling parameter, as ``status`` reports them (:func:`wire.limits.sampling_ranges`)."""
+        return sampling_ranges(self.temperature_max, self.repetition_penalty_max)
 
 
 class GenerateValidator:

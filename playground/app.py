@@ -1,6 +1,9 @@
 """The playground: try adapters on a diagram, compare two, evaluate two over a set, keep a history.
 
-    INFERENCE_WS_URL=ws://localhost:8765 streamlit run playground/app.py
+    INFERENCE_WS_URL=ws://localhost:8765 inference-playground
+
+(``inference-playground`` is ``streamlit run`` on this file, installed by ``pip install .``; from a checkout that is
+not installed, ``python -m playground`` in its root does the same.)
 
 This file renders. Talking to the worker is :mod:`playground.client`; running one or two streams is
 :mod:`playground.runs`; the set evaluation is :mod:`playground.eval`, its scores :mod:`playground.scoring`, the
@@ -21,15 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # `streamlit run playground/app.py` runs this file as a script, not as a module
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import altair as alt
 import pandas as pd
@@ -37,9 +36,8 @@ import streamlit as st
 
 from diagrams import SUFFIXES as DIAGRAM_SUFFIXES
 from diagrams import default_renderer
-from inference_worker.protocol import AdapterItem, AdapterProgress, Status
 from playground import eval as evaluation_lib
-from playground.client import DEFAULT_URL, WorkerClient, describe_progress, user_message
+from playground.client import DEFAULT_URL, ClientCode, WorkerClient, describe_progress, user_message
 from playground.diff import describe_divergence, diff_html, first_divergence, inert_markdown, word_diff
 from playground.eval import EvalItem, Evaluation, SetError, item_row, load_set, new_evaluation, summarize
 from playground.history import VERDICTS, Output, RunRecord, chart_rows, code_span, first_token_ms, to_json, to_markdown
@@ -67,11 +65,16 @@ from playground.runs import (
 )
 from playground.settings import PlaygroundSettings
 from playground.store import HistoryStore, StoreError
+from wire.errors import ErrorCode
+from wire.limits import DEFAULT_MAX_TOKENS, IMAGE_MAX_BYTES, MAX_NEW_TOKENS, sampling_ranges
+from wire.protocol import AdapterItem, AdapterProgress, Status
 
-# When the worker cannot be asked, the controls use the worker's documented defaults.
-FALLBACK_LIMITS: dict[str, Any] = {"max_new_tokens": 2048, "default_max_tokens": 512, "temperature": [0.0, 5.0],
-                                   "top_p": [0.0, 1.0], "repetition_penalty": [0.0, 10.0],
-                                   "image_max_bytes": 10 * 1024 * 1024}
+# When the worker cannot be asked, the controls use the worker's defaults.
+_RANGES = sampling_ranges()
+FALLBACK_LIMITS: dict[str, Any] = {"max_new_tokens": MAX_NEW_TOKENS, "default_max_tokens": DEFAULT_MAX_TOKENS,
+                                   "temperature": _RANGES["temperature"], "top_p": _RANGES["top_p"],
+                                   "repetition_penalty": _RANGES["repetition_penalty"],
+                                   "image_max_bytes": IMAGE_MAX_BYTES}
 STATUS_TIMEOUT_S = 3.0  # every page run asks for the status: an unreachable host must not hold the page long
 STATUS_EVERY_S = 1.0  # while a run streams, the sidebar's status is refreshed this often
 MAX_SEED = 2**53 - 1  # the largest integer a browser number input holds exactly
@@ -159,8 +162,11 @@ def show_notice(level: str, text: str) -> None:
     {"error": st.error, "warning": st.warning, "info": st.info}.get(level, st.info)(text)
 
 
-_SHORT = {"unreachable": "Unreachable", "timeout": "Not answering", "loading": "Loading its model",
-          "unauthorized": "Refused the token", "bad_url": "Not a WebSocket URL", "shutting_down": "Shutting down"}
+_SHORT: dict[str, str] = {
+    ClientCode.UNREACHABLE: "Unreachable", ClientCode.TIMEOUT: "Not answering", ClientCode.LOADING: "Loading its model",
+    ClientCode.UNAUTHORIZED: "Refused the token", ClientCode.BAD_URL: "Not a WebSocket URL",
+    ErrorCode.SHUTTING_DOWN: "Shutting down",
+}
 
 
 def render_status(info: WorkerInfo) -> None:
@@ -228,7 +234,7 @@ def drawn(name: str, data: bytes) -> ImageInput | UploadError:
     try:
         return load_upload(name, data)
     except UploadError as exc:
-        if exc.code == "timeout":
+        if exc.code == ClientCode.TIMEOUT:
             raise
         return exc
 

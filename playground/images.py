@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from diagrams import DiagramError, DiagramRenderer, Rendered, kind_of, render
-from inference_worker.images import mime_type
+from wire.images import mime_type
 
 THUMBNAIL_SIDE = 160
 _MAX_THUMBNAIL_SOURCE_PIXELS = 40_000_000  # beyond this, decoding for a thumbnail is not worth it

@@ -17,9 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from inference_worker.protocol import AdapterItem, AdapterLoaded, AdapterProgress, Done, Status
+from wire.errors import ErrorCode
+from wire.protocol import AdapterItem, AdapterLoaded, AdapterProgress, Done, Status
 
-from .client import PlaygroundError, WorkerClient, new_session_id
+from .client import ClientCode, PlaygroundError, WorkerClient, new_session_id
 from .diff import compare
 from .history import Output, RunRecord
 
@@ -229,10 +230,11 @@ async def fetch_worker_info(url: str, *, with_adapters: bool = True, token: str 
 
 Level = Literal["error", "warning", "info"]
 
-_INPUT_CODES = {"invalid_image", "unsupported_image", "image_too_large", "images_not_supported", "prompt_too_long",
-                "invalid_message", "invalid_json", "message_too_big"}
-_ADAPTER_CODES = {"adapter_not_found", "adapter_invalid", "adapter_incompatible", "adapter_forbidden",
-                  "adapter_conflict"}
+_INPUT_CODES = {ErrorCode.INVALID_IMAGE, ErrorCode.UNSUPPORTED_IMAGE, ErrorCode.IMAGE_TOO_LARGE,
+                ErrorCode.IMAGES_NOT_SUPPORTED, ErrorCode.PROMPT_TOO_LONG, ErrorCode.INVALID_MESSAGE,
+                ErrorCode.INVALID_JSON, ClientCode.MESSAGE_TOO_BIG}
+_ADAPTER_CODES = {ErrorCode.ADAPTER_NOT_FOUND, ErrorCode.ADAPTER_INVALID, ErrorCode.ADAPTER_INCOMPATIBLE,
+                  ErrorCode.ADAPTER_FORBIDDEN, ErrorCode.ADAPTER_CONFLICT}
 
 
 def explain(error: dict[str, Any] | PlaygroundError, url: str = "", adapter: str | None = None) -> tuple[Level, str]:
@@ -241,23 +243,23 @@ def explain(error: dict[str, Any] | PlaygroundError, url: str = "", adapter: str
         code, message, retryable = error.code, error.message, error.retryable
     else:
         code, message, retryable = error["code"], error["message"], bool(error.get("retryable"))
-    if code in ("unreachable", "timeout", "handshake_failed", "bad_url"):
+    if code in (ClientCode.UNREACHABLE, ClientCode.TIMEOUT, ClientCode.HANDSHAKE_FAILED, ClientCode.BAD_URL):
         return "error", (f"The worker is down or unreachable: {message}. Start it "
                          f"(`python -m inference_worker --demo`) or point INFERENCE_WS_URL at it.")
-    if code == "loading":
+    if code == ClientCode.LOADING:
         return "info", "The worker is still loading its model. Try again in a few seconds."
-    if code in ("disconnected", "shutting_down"):
+    if code in (ClientCode.DISCONNECTED, ErrorCode.SHUTTING_DOWN):
         return "warning", f"The worker went away ({code}): {message}. Try again when it is back."
-    if code == "unauthorized":
+    if code == ClientCode.UNAUTHORIZED:
         return "error", f"The worker refused the connection: {message}."
-    if code in ("busy", "too_many_sessions"):
+    if code in (ErrorCode.BUSY, ErrorCode.TOO_MANY_SESSIONS):
         return "warning", f"The worker is busy ({code}): {message}. Try again in a moment."
     if code in _INPUT_CODES:
         return "error", f"The worker rejected the input ({code}): {message}."
     if code in _ADAPTER_CODES:
         which = f"Adapter `{adapter}`" if adapter else "The adapter"
         return "error", f"{which} cannot be used ({code}): {message}."
-    if code == "store_unavailable":
+    if code == ErrorCode.STORE_UNAVAILABLE:
         return "warning", f"The adapter store is unavailable: {message}." + (" Try again later." if retryable else "")
     if retryable:
         return "warning", f"{code}: {message}. Trying again later may work."

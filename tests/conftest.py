@@ -11,9 +11,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the hub
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+from checkpoints.demo import DemoPaths, ensure_demo
 from diagrams import DiagramRenderer, DiagramSettings, Kind
 from inference_worker.config import Settings
-from inference_worker.demo import DemoPaths, ensure_demo
 from inference_worker.embedded import EmbeddedWorker
 
 DIAGRAMS_DATA = Path(__file__).resolve().parent / "diagrams" / "data"

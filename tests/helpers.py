@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image
 from websockets.sync.client import connect
 
-from inference_worker.protocol import parse_server_message
+from wire.protocol import parse_server_message
 
 TERMINAL = ("done", "error")
 

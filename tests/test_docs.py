@@ -6,8 +6,8 @@ from pathlib import Path
 
 from diagrams import SUFFIXES, DiagramSettings
 from inference_worker.config import Settings
-from inference_worker.errors import ErrorCode
-from inference_worker.protocol import CLIENT_TYPES
+from wire.errors import ErrorCode
+from wire.protocol import CLIENT_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
 

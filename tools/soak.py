@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from websockets.asyncio.client import connect
 
-from inference_worker.protocol import parse_server_message
+from wire.protocol import parse_server_message
 
 ADAPTERS = ["demo-a", "demo-b", None]
 PROMPTS = ["Describe the process diagram.", "List the roles as a Markdown table.", "What happens after approval?"]
@@ -177,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         import tempfile
 
+        from checkpoints.demo import ensure_demo
         from inference_worker.config import Settings
-        from inference_worker.demo import ensure_demo
         from inference_worker.embedded import EmbeddedWorker
 
         demo = ensure_demo(Path(tempfile.gettempdir()) / "inference-worker-soak-demo")

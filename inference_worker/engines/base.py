@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
-    from ..errors import ServiceError
+    from wire.errors import ServiceError
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -163,7 +163,7 @@ class Engine(Protocol):
 
     async def add_adapter(self, name: str, facts: Any) -> AdapterInfo:
         """Check an adapter (``adapters.validate.AdapterFacts``) against the model and load it as ``name``. On any
-        failure (an :class:`~inference_worker.errors.AdapterError`) nothing of it remains."""
+        failure (an :class:`~wire.errors.AdapterError`) nothing of it remains."""
         ...
 
     async def remove_adapter(self, name: str) -> None:

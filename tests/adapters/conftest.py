@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from inference_worker.demo import DemoPaths
+from checkpoints.demo import DemoPaths
 
 from ..helpers import copy_adapter
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from adapters.refs import LocalRef, S3Ref, StoreRef, parse_ref, safe_join
-from inference_worker.errors import AdapterForbidden
+from wire.errors import AdapterForbidden
 
 
 @pytest.mark.parametrize("name", ["demo-a", "A", "my_adapter.v2", "x" * 128, "0-start"])

@@ -10,7 +10,7 @@ import pytest
 from adapters.cache import VerifiedCache
 from adapters.manifest import MANIFEST_FILE, Manifest
 from adapters.s3 import S3Store
-from inference_worker.errors import AdapterForbidden, AdapterInvalid, StoreUnavailable
+from wire.errors import AdapterForbidden, AdapterInvalid, StoreUnavailable
 
 from ..helpers import at_once, copy_adapter, edit_config
 

@@ -10,7 +10,7 @@ import pytest
 from adapters.cache import VerifiedCache
 from adapters.local import LocalDirectoryStore
 from adapters.s3 import S3Store
-from inference_worker.errors import AdapterConflict, AdapterForbidden, AdapterInvalid, AdapterNotFound
+from wire.errors import AdapterConflict, AdapterForbidden, AdapterInvalid, AdapterNotFound
 
 from ..helpers import copy_adapter
 

@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from adapters.validate import inspect_adapter, read_safetensors_header
-from inference_worker.errors import AdapterInvalid, AdapterNotFound
+from wire.errors import AdapterInvalid, AdapterNotFound
 
 from ..helpers import edit_config
 

@@ -12,7 +12,6 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from inference_worker.embedded import EmbeddedWorker
-from inference_worker.protocol import Done
 from playground import eval as evaluation_lib
 from playground.client import WorkerClient, user_message
 from playground.diff import compare
@@ -21,6 +20,7 @@ from playground.history import RunRecord, chart_rows, to_json, to_markdown
 from playground.runs import Params
 from playground.scoring import chrf
 from playground.store import HistoryStore
+from wire.protocol import Done
 
 from ..conftest import worker_settings
 from ..helpers import Client, image_b64, image_message

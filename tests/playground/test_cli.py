@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 from diagrams import Kind
-from inference_worker.protocol import Done
 from playground.client import WorkerClient, user_message
+from wire.protocol import Done
 
 from ..conftest import DIAGRAMS_DATA, require
 from .conftest import ROOT

@@ -8,7 +8,6 @@ import time
 import pytest
 
 from inference_worker.embedded import EmbeddedWorker
-from inference_worker.protocol import AdapterLoaded, AdapterProgress, Done
 from inference_worker.server import WorkerServer
 from playground.client import (
     InvalidRequest,
@@ -18,6 +17,7 @@ from playground.client import (
     new_session_id,
     user_message,
 )
+from wire.protocol import AdapterLoaded, AdapterProgress, Done
 
 from ..conftest import worker_settings
 from .conftest import free_port
@@ -166,6 +166,21 @@ async def test_status_and_list_adapters(worker, demo):
     assert status.limits["max_new_tokens"] == worker.settings.max_new_tokens
     assert [a.name for a in adapters] == ["demo-a", "demo-b"]
     assert all(a.rank == 8 and a.digest for a in adapters)
+
+
+async def test_concurrent_requests_get_their_own_replies(worker):
+    """Requests sent at once on one connection are answered by the request_id they carry, whatever the order."""
+    async with WorkerClient(worker.url) as client:
+        loads = [client.load_adapter(path) for path in ("demo-a", "no-such-adapter", "demo-b", None, "demo-a")]
+        results = await asyncio.gather(client.status(), client.list_adapters(), client.ping(), *loads,
+                                       client.status(), return_exceptions=True)
+        assert client.connections_opened == 1
+    first_status, adapters, rtt, *loaded, last_status = results
+    assert first_status.type == "status" and last_status.type == "status" and rtt < 5
+    assert [a.name for a in adapters] == ["demo-a", "demo-b"]
+    assert [getattr(r, "adapter_path", None) for r in loaded] == ["demo-a", "no-such-adapter", "demo-b", None, "demo-a"]
+    assert isinstance(loaded[1], WorkerError) and loaded[1].code == "adapter_not_found"
+    assert loaded[3].type == "adapter_unloaded"
 
 
 async def test_load_adapter_surfaces_progress(demo, adapter_root):

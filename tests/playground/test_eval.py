@@ -12,7 +12,6 @@ import zipfile
 import pytest
 
 from diagrams import Kind
-from inference_worker.protocol import Done
 from playground.client import WorkerClient, user_message
 from playground.eval import (
     EvalItem,
@@ -34,6 +33,7 @@ from playground.images import load_upload
 from playground.runs import DEFAULT_PROMPT, Params
 from playground.scoring import chrf, row_scores
 from playground.store import HistoryStore
+from wire.protocol import Done
 
 from ..conftest import DIAGRAMS_DATA as DATA
 from ..conftest import require

@@ -8,9 +8,9 @@ import io
 import pytest
 from PIL import Image
 
-from inference_worker.images import mime_type
 from playground.client import image_part, user_message
 from playground.images import data_url_bytes, human_bytes, load_image, sample_diagram, thumbnail_data_url
+from wire.images import mime_type
 
 
 def encoded(fmt: str, size: tuple[int, int] = (64, 48)) -> bytes:

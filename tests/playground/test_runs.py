@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from inference_worker.protocol import Done
 from playground.client import WorkerClient, WorkerUnavailable, user_message
 from playground.history import Output, RunRecord
 from playground.runs import Event, Params, explain, finish_record, run_outputs
+from wire.protocol import Done
 
 PROMPT = "Describe this diagram as a Markdown table."
 GREEDY = Params(temperature=0.0, max_tokens=64)

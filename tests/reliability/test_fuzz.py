@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inference_worker.embedded import EmbeddedWorker
-from inference_worker.protocol import CLIENT_TYPES
+from wire.protocol import CLIENT_TYPES
 
 from ..conftest import worker_settings
 from ..helpers import Client, image_b64

@@ -16,7 +16,7 @@ import pytest
 from adapters.validate import inspect_adapter
 from inference_worker.engines.transformers import TransformersEngine
 from inference_worker.engines.transformers.model import load_model
-from inference_worker.errors import ErrorCode
+from wire.errors import ErrorCode
 
 from .engine_harness import Reference, collect, collect_all, picture, request
 
@@ -252,7 +252,7 @@ async def test_a_b_pair_encodes_the_image_once(engine):
 
 async def test_vision_tower_adapter_runs_in_its_prefill(engine, demo, reference, tmp_path):
     """An adapter on the vision tower (all-linear) changes the image's encoding for its request only, as PEFT does."""
-    from inference_worker.demo import build_lora_adapter
+    from checkpoints.build import build_lora_adapter
 
     path = build_lora_adapter(demo.model_dir, tmp_path / "vision", seed=5, target_modules="all-linear")
     info = await engine.add_adapter("vision", inspect_adapter(path))

@@ -10,8 +10,8 @@ import tracemalloc
 import pytest
 from PIL import Image
 
-from inference_worker.errors import ErrorCode, InputError
 from inference_worker.images import ImageLimits, decode_image
+from wire.errors import ErrorCode, InputError
 
 from ..helpers import image_b64, png_bomb
 

@@ -145,7 +145,7 @@ def test_sigterm_keeps_the_port_open_answering_503_for_the_notice_period(demo):
 def test_a_demo_build_killed_midway_leaves_nothing_behind(tmp_path):
     """SIGKILL while the demo builds into a fresh INFERENCE_DEMO_DIR: the next build removes the .build-* left."""
     root = tmp_path / "demo"
-    build = [sys.executable, "-c", f"from inference_worker.demo import ensure_demo; ensure_demo({str(root)!r})"]
+    build = [sys.executable, "-c", f"from checkpoints.demo import ensure_demo; ensure_demo({str(root)!r})"]
     proc = subprocess.Popen(build, cwd=ROOT)
     try:
         deadline = time.monotonic() + 120

@@ -12,7 +12,7 @@ from adapters.validate import inspect_adapter
 from inference_worker.engines.transformers import TransformersEngine
 from inference_worker.engines.transformers.lora import LoraMapping
 from inference_worker.engines.transformers.model import load_model
-from inference_worker.errors import AdapterError, ErrorCode
+from wire.errors import AdapterError, ErrorCode
 
 from .engine_harness import Reference, collect, collect_all, picture, request
 

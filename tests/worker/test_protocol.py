@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference_worker import protocol as p
-from inference_worker.errors import ErrorCode, ProtocolError
+from wire import protocol as p
+from wire.errors import ErrorCode, ProtocolError
+from wire.protocol import CLIENT_TYPES
 
 COMPAT_GENERATE = {
     "type": "generate",
@@ -230,3 +231,35 @@ def test_a_refused_frame_is_not_kept_alive_by_a_reference_cycle(frame):
     with pytest.raises(ProtocolError):
         p.parse_client_message(frame)
     assert sys.getrefcount(frame) == before
+
+
+@pytest.mark.parametrize("kind", CLIENT_TYPES)
+def test_every_client_message_may_carry_a_request_id(kind):
+    """request_id is an optional string of 1 to 128 characters on every client message."""
+    fields = {"ping": {}, "status": {}, "list_adapters": {}, "load_adapter": {"adapter_path": None},
+              "cancel": {"session_id": "s"}, "generate": {"messages": [{"role": "user", "content": "hi"}]}}[kind]
+    message = p.parse_client_message(json.dumps({"type": kind, "request_id": "r-1", **fields}))
+    assert message.request_id == "r-1"
+    assert p.parse_client_message(json.dumps({"type": kind, **fields})).request_id is None
+    for bad in ("", "x" * 129, 7):
+        with pytest.raises(ProtocolError) as refused:
+            p.parse_client_message(json.dumps({"type": kind, "request_id": bad, **fields}))
+        assert refused.value.code == ErrorCode.INVALID_MESSAGE and refused.value.request_id is None
+
+
+def test_a_refused_message_keeps_its_request_id_for_the_error():
+    """A message refused by the parser (a known type, or an unknown one) still has its request_id to answer with."""
+    with pytest.raises(ProtocolError) as refused:
+        p.parse_client_message('{"type": "generate", "request_id": "r-2", "messages": []}')
+    assert refused.value.request_id == "r-2"
+    with pytest.raises(ProtocolError) as unknown:
+        p.parse_client_message('{"type": "teleport", "request_id": "r-3"}')
+    assert unknown.value.code == ErrorCode.UNKNOWN_TYPE and unknown.value.request_id == "r-3"
+
+
+def test_request_id_is_encoded_only_when_there_is_one():
+    """A reply carries request_id when it answers a message that had one, and omits it otherwise (never null)."""
+    assert json.loads(p.encode(p.Pong())) == {"type": "pong"}
+    assert json.loads(p.encode(p.Pong(request_id=None))) == {"type": "pong"}
+    assert json.loads(p.encode(p.Pong(request_id="r-1"))) == {"type": "pong", "request_id": "r-1"}
+    assert p.parse_server_message('{"type": "pong", "request_id": "r-1"}').request_id == "r-1"

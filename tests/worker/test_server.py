@@ -189,6 +189,32 @@ def test_cancel_of_unknown_session_is_an_error(worker):
         assert c.request({"type": "ping"}, "pong")["type"] == "pong"
 
 
+def test_every_reply_echoes_the_request_id_of_the_message_it_answers(worker):
+    """request_id is echoed on every reply to a message that had one (tokens, progress and errors too), never else."""
+    with Client(worker.url) as c:
+        assert c.request({"type": "ping", "request_id": "p1"}, "pong") == {"type": "pong", "request_id": "p1"}
+        assert c.request({"type": "status", "request_id": "s1"}, "status")["request_id"] == "s1"
+        assert c.request({"type": "list_adapters", "request_id": "l1"}, "adapters")["request_id"] == "l1"
+        c.send({"type": "load_adapter", "adapter_path": "demo-a", "request_id": "a1"})
+        loading = c.until("adapter_loaded", "error")
+        assert loading[-1]["type"] == "adapter_loaded" and all(m["request_id"] == "a1" for m in loading)
+        missing = c.request({"type": "load_adapter", "adapter_path": "no-such", "request_id": "a2"}, "error")
+        assert missing["code"] == "adapter_not_found" and missing["request_id"] == "a2"
+        assert c.request({"type": "load_adapter", "adapter_path": None, "request_id": "a3"}, "adapter_unloaded") == {
+            "type": "adapter_unloaded", "request_id": "a3"}
+        stream = c.generate(session_id="g1", request_id="r1", **greedy(max_tokens=8))
+        assert stream.tokens and all(t["request_id"] == "r1" for t in stream.tokens)
+        assert stream.terminal["type"] == "done" and stream.terminal["request_id"] == "r1"
+        gone = c.request({"type": "cancel", "session_id": "ghost", "request_id": "c1"}, "error")
+        assert gone["code"] == "unknown_session" and gone["request_id"] == "c1"
+        refused = c.request({"type": "generate", "messages": [], "request_id": "r2"}, "error")
+        assert refused["code"] == "invalid_message" and refused["request_id"] == "r2"
+        unknown = c.request({"type": "teleport", "request_id": "t1"}, "error")
+        assert unknown["code"] == "unknown_type" and unknown["request_id"] == "t1"
+        plain = c.generate(session_id="g2", **greedy(max_tokens=4))
+        assert "request_id" not in plain.terminal and all("request_id" not in t for t in plain.tokens)
+
+
 def test_duplicate_session_id_is_refused(worker):
     """A second generate with a running session_id gets duplicate_session; the first one still finishes."""
     with Client(worker.url) as c:
@@ -326,7 +352,7 @@ def test_adapter_errors_have_their_own_codes_and_change_nothing(worker, demo, ad
 
 def test_adapter_from_another_architecture_is_refused(worker, adapter_root, tmp_path_factory):
     """A text-only Qwen3 adapter (keys model.layers.*) would silently do nothing: adapter_incompatible."""
-    from inference_worker.demo import build_lora_adapter, build_text_checkpoint
+    from checkpoints.build import build_lora_adapter, build_text_checkpoint
 
     text_model = build_text_checkpoint(tmp_path_factory.mktemp("text-model"))
     foreign = build_lora_adapter(text_model, adapter_root / "foreign", seed=9)
@@ -337,7 +363,7 @@ def test_adapter_from_another_architecture_is_refused(worker, adapter_root, tmp_
 
 def test_local_adapter_by_path_and_vision_tower_lora(worker, demo, adapter_root):
     """An adapter under ADAPTER_LOCAL_ROOTS loads by absolute path; all-linear LoRA (vision tower too) works."""
-    from inference_worker.demo import build_lora_adapter
+    from checkpoints.build import build_lora_adapter
 
     path = build_lora_adapter(demo.model_dir, adapter_root / "all-linear", seed=11, target_modules="all-linear")
     with Client(worker.url) as c:

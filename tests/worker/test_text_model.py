@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inference_worker.demo import build_text_checkpoint
+from checkpoints.build import build_text_checkpoint
 from inference_worker.embedded import EmbeddedWorker
 
 from ..conftest import worker_settings

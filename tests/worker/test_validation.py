@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from inference_worker import protocol as p
 from inference_worker.config import Settings
 from inference_worker.engines.base import Capabilities
-from inference_worker.errors import ErrorCode, ServiceError
 from inference_worker.images import ImageLimits
 from inference_worker.validation import GenerateValidator, RequestLimits
+from wire import protocol as p
+from wire.errors import ErrorCode, ServiceError
 
 TEXT = {"type": "generate", "messages": [{"role": "user", "content": "Describe the process."}]}
 

@@ -17,7 +17,8 @@ from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future
 from typing import Any
 
-from ...errors import InternalError, ServiceError
+from wire.errors import InternalError, ServiceError
+
 from ..base import (
     AdapterInfo,
     EngineRequest,

@@ -30,11 +30,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from adapters.validate import WEIGHTS_FILE, AdapterFacts
+from adapters.validate import PEFT_PREFIX, WEIGHTS_FILE, AdapterFacts
+from wire.errors import AdapterConflict, AdapterIncompatible, AdapterInvalid
 
-from ...errors import AdapterConflict, AdapterIncompatible, AdapterInvalid
-
-_PEFT_PREFIX = "base_model.model."
 # LoraConfig fields that change what an adapter computes beyond plain LoRA: refused, with the field named.
 _REFUSED_FIELDS = ("use_dora", "lora_bias", "target_parameters", "layer_replication", "trainable_token_indices",
                    "use_qalora", "megatron_config", "alora_invocation_tokens", "arrow_config", "modules_to_save",
@@ -283,7 +281,7 @@ def build_lora_weights(bank: LoraBank, facts: AdapterFacts, config: Any, raw: di
 
     tensors: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in raw.items():
-        module, _, kind = key.removeprefix(_PEFT_PREFIX).rpartition(".lora_")
+        module, _, kind = key.removeprefix(PEFT_PREFIX).rpartition(".lora_")
         kind = kind.removesuffix(".weight")
         tensors.setdefault(module, {})[kind] = value
     modules: dict[str, ModuleLora] = {}

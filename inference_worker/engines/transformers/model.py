@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ...errors import ErrorCode, InputError
+from wire.errors import ErrorCode, InputError
+
 from ..base import Capabilities, ChatTurn, ModelInfo
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 
-from ...errors import CapacityError, DeadlineExceeded, ErrorCode, InputError, InternalError, ServiceError
+from wire.errors import CapacityError, DeadlineExceeded, ErrorCode, InputError, InternalError, ServiceError
+
 from ..base import EngineRequest, Event, Finished, FinishReason, StepStats, TextDelta, Timings, Usage
 from .detok import Detokenizer
 from .kv import RowCache

@@ -1,26 +1,24 @@
-"""Builders of local, random-weight checkpoints and LoRA adapters (the offline demo, tests and benchmarks).
+"""Builders of local, random-weight checkpoints and LoRA adapters: the offline demo, the tests and the benchmarks.
 
 Nothing here touches the network. Every checkpoint is written with ``save_pretrained`` and is meant to be loaded
 back through the same ``from_pretrained`` path a real model takes, so the demo exercises the production code.
-The weights are random: whatever the demo model writes is meaningless text.
+The weights are random: whatever such a model writes is meaningless text.
+
+- :func:`build_vl_checkpoint` (sizes in :data:`VL_SIZES`: ``tiny``, ``mid``, ``2b``) and :func:`build_text_checkpoint`:
+  a model with its tokenizer (:func:`build_tokenizer`), processor and chat template.
+- :func:`build_lora_adapter`: a random adapter written by PEFT on the loaded model (:func:`load_for_building` loads
+  a checkpoint once for several adapters).
+- :func:`write_config_adapter`: a random adapter written from ``config.json`` alone, with no model in memory.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
-import logging
 import random
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 # Bump when a builder changes what it writes, so cached demo checkpoints are rebuilt.
 BUILDER_VERSION = 3
@@ -129,17 +127,6 @@ VL_SIZES: dict[str, VLSize] = {
 }
 
 
-@dataclass
-class DemoPaths:
-    """Where the offline demo keeps its model and adapter store."""
-
-    root: Path
-    model_dir: Path = field(init=False)
-    store_dir: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.model_dir = self.root / "model"
-        self.store_dir = self.root / "adapters"
 
 
 def build_tokenizer(vocab_size: int = 1200, extra_tokens: int = 0) -> Any:
@@ -393,7 +380,7 @@ def build_lora_adapter(
 
     base = model
     if base is None:
-        base = _load_for_building(model_dir)
+        base = load_for_building(model_dir)
     else:
         base = copy.deepcopy(base)
     config = LoraConfig(
@@ -422,7 +409,8 @@ def build_lora_adapter(
     return out
 
 
-def _load_for_building(model_dir: Path | str) -> Any:
+def load_for_building(model_dir: Path | str) -> Any:
+    """The model in ``model_dir``, loaded to write adapters on (pass it as :func:`build_lora_adapter`'s ``model``)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     config = AutoConfig.from_pretrained(model_dir)
@@ -430,77 +418,65 @@ def _load_for_building(model_dir: Path | str) -> Any:
     return cls.from_pretrained(model_dir, dtype="auto")
 
 
-@dataclass(frozen=True)
-class DemoSpec:
-    """What the offline demo serves; its hash decides whether a cached demo is reused."""
 
-    builder_version: int = BUILDER_VERSION
-    size: str = "tiny"
-    seed: int = 0
-    adapters: tuple[tuple[str, int], ...] = (("demo-a", 1), ("demo-b", 2))
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+def _text_config(config: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The language model's config and the module prefix PEFT uses for its layers."""
+    if "text_config" in config:  # Qwen3-VL: model.language_model.layers.N
+        return config["text_config"], "base_model.model.model.language_model.layers"
+    return config, "base_model.model.model.layers"  # a text-only causal LM (Qwen3)
 
 
-def ensure_demo(root: Path | str, spec: DemoSpec = DemoSpec()) -> DemoPaths:
-    """Build the demo checkpoint and its adapters under ``root`` once; later calls reuse them.
+def adapter_shapes(model_dir: Path, targets: Sequence[str] = TEXT_TARGETS) -> dict[str, tuple[int, int]]:
+    """``module name → (in_features, out_features)`` of the attention projections ``targets`` names."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    text, prefix = _text_config(config)
+    hidden = int(text["hidden_size"])
+    heads = int(text["num_attention_heads"])
+    kv_heads = int(text.get("num_key_value_heads") or heads)
+    head_dim = int(text.get("head_dim") or hidden // heads)
+    dims = {
+        "q_proj": (hidden, heads * head_dim),
+        "k_proj": (hidden, kv_heads * head_dim),
+        "v_proj": (hidden, kv_heads * head_dim),
+        "o_proj": (heads * head_dim, hidden),
+    }
+    unknown = sorted(set(targets) - set(dims))
+    if unknown:
+        raise ValueError(f"config-only adapters support {sorted(dims)}, not {unknown}")
+    return {
+        f"{prefix}.{layer}.self_attn.{proj}": dims[proj]
+        for layer in range(int(text["num_hidden_layers"]))
+        for proj in targets
+    }
 
-    Each part is built in a temporary directory and renamed into place, so an interrupted build is never mistaken
-    for a finished one. Builds hold a lock on ``root/.build.lock``: a second process waits and then reuses the
-    first one's work, and whoever holds the lock removes the ``.build-*`` directories that a killed build (SIGKILL,
-    power loss) left behind.
+
+def write_config_adapter(model_dir: Path, out_dir: Path, *, seed: int, rank: int = 16, alpha: int = 32,
+                         targets: Sequence[str] = TEXT_TARGETS, dtype: str = "float32") -> Path:
+    """Write a random, non-zero LoRA adapter for ``model_dir`` from its ``config.json`` alone.
+
+    Same files as PEFT writes: ``adapter_model.safetensors`` with ``<module>.lora_A.weight`` (rank × in) and
+    ``<module>.lora_B.weight`` (out × rank) in float32 (PEFT's default adapter dtype), and the
+    ``adapter_config.json`` of a ``LoraConfig``. A 2B-architecture rank-16 q,k,v,o adapter is 25.7 MB.
     """
-    paths = DemoPaths(Path(root))
-    if _demo_is_built(paths, spec):
-        return paths
-    paths.root.mkdir(parents=True, exist_ok=True)
-    with _build_lock(paths.root):
-        for stale in paths.root.glob(".build-*"):
-            log.info("removing %s, left by an interrupted demo build", stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        if not _demo_is_built(paths, spec):  # another process may have built it while we waited
-            _build_demo(paths, spec)
-    return paths
+    import torch
+    from peft import LoraConfig
+    from safetensors.torch import save_file
 
-
-def _demo_is_built(paths: DemoPaths, spec: DemoSpec) -> bool:
-    from adapters.local import LocalDirectoryStore
-
-    stamp = paths.root / "demo.json"
-    if not stamp.exists() or json.loads(stamp.read_text()).get("fingerprint") != spec.fingerprint():
-        return False
-    store = LocalDirectoryStore(paths.store_dir)
-    return paths.model_dir.is_dir() and all(store.exists(name) for name, _ in spec.adapters)
-
-
-@contextlib.contextmanager
-def _build_lock(root: Path) -> Iterator[None]:
-    """An exclusive lock on ``root/.build.lock`` (released by the kernel if the holder dies)."""
-    with (root / ".build.lock").open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _build_demo(paths: DemoPaths, spec: DemoSpec) -> None:
-    from adapters.local import LocalDirectoryStore
-
-    log.info("building the offline demo model and adapters in %s (random weights, meaningless output)", paths.root)
-    stamp = paths.root / "demo.json"
-    with tempfile.TemporaryDirectory(dir=paths.root, prefix=".build-") as tmp:
-        tmp_model = Path(tmp) / "model"
-        build_vl_checkpoint(tmp_model, spec.size, seed=spec.seed)
-        built = []
-        base = _load_for_building(tmp_model)
-        for name, seed in spec.adapters:
-            built.append((name, build_lora_adapter(tmp_model, Path(tmp) / name, seed=seed, model=base)))
-        if paths.model_dir.exists():
-            shutil.rmtree(paths.model_dir)
-        tmp_model.rename(paths.model_dir)
-        store = LocalDirectoryStore(paths.store_dir)
-        for name, src in built:
-            store.publish(name, src, replace=True)
-    stamp.write_text(json.dumps({"fingerprint": spec.fingerprint(), "spec": asdict(spec)}, indent=2))
+    generator = torch.Generator().manual_seed(seed)
+    torch_dtype = getattr(torch, dtype)
+    tensors = {}
+    for module, (fan_in, fan_out) in adapter_shapes(model_dir, targets).items():
+        a = torch.randn(rank, fan_in, generator=generator) / fan_in**0.5
+        b = torch.randn(fan_out, rank, generator=generator) * (0.5 / rank**0.5)
+        tensors[f"{module}.lora_A.weight"] = a.to(torch_dtype).contiguous()
+        tensors[f"{module}.lora_B.weight"] = b.to(torch_dtype).contiguous()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    LoraConfig(
+        r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, task_type="CAUSAL_LM",
+        inference_mode=True, init_lora_weights=False,
+        base_model_name_or_path=f"{config.get('model_type', 'model')}:{Path(model_dir).name}",
+    ).save_pretrained(str(out))
+    return out

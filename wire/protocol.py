@@ -26,6 +26,14 @@ class _ClientModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+RequestId = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class _ClientMessage(_ClientModel):
+    # Optional on every client message: the worker echoes it on every reply that answers this message.
+    request_id: RequestId | None = None
+
+
 class TextPart(_ClientModel):
     type: Literal["text"]
     text: str
@@ -57,17 +65,17 @@ class ChatMessage(_ClientModel):
 SessionId = Annotated[str, Field(min_length=1, max_length=128)]
 
 
-class Ping(_ClientModel):
+class Ping(_ClientMessage):
     type: Literal["ping"]
 
 
-class LoadAdapter(_ClientModel):
+class LoadAdapter(_ClientMessage):
     type: Literal["load_adapter"]
     # Required, and may be null: null returns this connection to the base model.
     adapter_path: Annotated[str, Field(min_length=1, max_length=1024)] | None
 
 
-class Generate(_ClientModel):
+class Generate(_ClientMessage):
     type: Literal["generate"]
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     session_id: SessionId | None = None
@@ -99,16 +107,16 @@ class Generate(_ClientModel):
         return [img for m in self.messages for img in m.images()]
 
 
-class Cancel(_ClientModel):
+class Cancel(_ClientMessage):
     type: Literal["cancel"]
     session_id: SessionId
 
 
-class StatusRequest(_ClientModel):
+class StatusRequest(_ClientMessage):
     type: Literal["status"]
 
 
-class ListAdapters(_ClientModel):
+class ListAdapters(_ClientMessage):
     type: Literal["list_adapters"]
 
 
@@ -185,10 +193,13 @@ def _parse(frame: str | bytes, limits: ParseLimits) -> Any:
     if not isinstance(kind, str):
         raise ProtocolError('a message needs a string "type"')
     if kind not in CLIENT_TYPES:
-        raise ProtocolError(
+        unknown = ProtocolError(
             f"unknown message type {kind[:_QUOTE_CHARS]!r}; known: {', '.join(CLIENT_TYPES)}",
             code=ErrorCode.UNKNOWN_TYPE,
         )
+        if _usable_id(data.get("request_id")):
+            unknown.request_id = data["request_id"]
+        raise unknown
     try:
         if _has_lone_surrogate(data):
             # JSON may escape half of a UTF-16 pair ("\udc00"): that is not text, and it cannot be sent back.
@@ -203,10 +214,18 @@ def _parse(frame: str | bytes, limits: ParseLimits) -> Any:
         # routes replies by session sees the end of that request.
         error.message_type = kind
         sid = data.get("session_id")
-        if kind == "generate" and isinstance(sid, str) and 0 < len(sid) <= 128 and not _has_lone_surrogate(sid):
+        if kind == "generate" and _usable_id(sid):
             error.session_id = sid
+        rid = data.get("request_id")
+        if _usable_id(rid):
+            error.request_id = rid
         raise error from None
     return message
+
+
+def _usable_id(value: Any) -> bool:
+    """Whether a refused message's ``session_id`` or ``request_id`` can be sent back on its error."""
+    return isinstance(value, str) and 0 < len(value) <= 128 and not _has_lone_surrogate(value)
 
 
 def _check_json_items(frame: str, most: int) -> None:
@@ -281,11 +300,16 @@ class _ServerModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Pong(_ServerModel):
+class _Reply(_ServerModel):
+    # The request_id of the client message this answers, when it had one (left out otherwise).
+    request_id: str | None = None
+
+
+class Pong(_Reply):
     type: Literal["pong"] = "pong"
 
 
-class AdapterLoaded(_ServerModel):
+class AdapterLoaded(_Reply):
     type: Literal["adapter_loaded"] = "adapter_loaded"
     adapter_path: str
     name: str | None = None
@@ -297,11 +321,11 @@ class AdapterLoaded(_ServerModel):
     load_ms: float | None = None
 
 
-class AdapterUnloaded(_ServerModel):
+class AdapterUnloaded(_Reply):
     type: Literal["adapter_unloaded"] = "adapter_unloaded"
 
 
-class AdapterProgress(_ServerModel):
+class AdapterProgress(_Reply):
     type: Literal["adapter_progress"] = "adapter_progress"
     adapter_path: str
     stage: Literal["downloading", "verifying", "loading"]
@@ -309,7 +333,7 @@ class AdapterProgress(_ServerModel):
     total: int | None = None
 
 
-class Token(_ServerModel):
+class Token(_Reply):
     type: Literal["token"] = "token"
     content: str
     session_id: str
@@ -328,7 +352,7 @@ class Timings(_ServerModel):
     tokens_per_s: float | None
 
 
-class Done(_ServerModel):
+class Done(_Reply):
     type: Literal["done"] = "done"
     content: str
     session_id: str
@@ -339,7 +363,7 @@ class Done(_ServerModel):
     seed: int | None = None
 
 
-class Error(_ServerModel):
+class Error(_Reply):
     type: Literal["error"] = "error"
     code: ErrorCode
     message: str
@@ -359,7 +383,7 @@ class AdapterUse(_ServerModel):
     default: bool = False
 
 
-class Status(_ServerModel):
+class Status(_Reply):
     type: Literal["status"] = "status"
     ready: bool
     model: str
@@ -395,7 +419,7 @@ class AdapterItem(_ServerModel):
     created: str | None = None
 
 
-class Adapters(_ServerModel):
+class Adapters(_Reply):
     type: Literal["adapters"] = "adapters"
     items: list[AdapterItem]
 
@@ -407,10 +431,12 @@ ServerMessage = Annotated[
 server_message_adapter: TypeAdapter[Any] = TypeAdapter(ServerMessage)
 
 
-def encode(message: _ServerModel) -> str:
-    """Serialise a server message: fields left unset are omitted; ``type`` always comes first."""
+def encode(message: _Reply) -> str:
+    """Serialise a server message: unset fields and a None ``request_id`` are omitted; ``type`` comes first."""
     body = message.model_dump(mode="json", exclude_unset=True)
     body.pop("type", None)
+    if body.get("request_id", "") is None:
+        del body["request_id"]
     return json.dumps({"type": message.type, **body}, ensure_ascii=False)  # type: ignore[attr-defined]
 
 

@@ -77,6 +77,7 @@ class ProtocolError(ServiceError):
     code = ErrorCode.INVALID_MESSAGE
     message_type: str | None = None  # the type of the refused message, when it was a known one
     session_id: str | None = None  # the refused generate's session_id, when it had a usable one
+    request_id: str | None = None  # the refused message's request_id, when it had a usable one
 
 
 class InputError(ServiceError):
