@@ -33,7 +33,16 @@ from typing import Any
 from diagrams import SUFFIXES as DIAGRAM_SUFFIXES
 from diagrams import describe_kinds
 
-from .client import DEFAULT_URL, PlaygroundError, WorkerClient, user_message
+from .client import (
+    DEFAULT_URL,
+    EXIT_FAILED,  # an item failed (adapter not found, image refused…)
+    EXIT_RETRY,  # the worker is down, loading or busy: try again later (resume with --resume)
+    EXIT_USAGE,
+    PlaygroundError,
+    WorkerClient,
+    exit_status,
+    user_message,
+)
 from .diff import Divergence, compare, describe_divergence
 from .history import VERDICTS, Output, code_span, first_token_ms, longest_backtick_run, now_iso
 from .images import ImageInput, UploadError, human_bytes, load_upload
@@ -552,9 +561,6 @@ def to_markdown(evaluation: Evaluation, summary: dict[str, Any] | None = None) -
 # --------------------------------------------------------------------------------------------------------------------
 # Command line
 
-EXIT_FAILED = 1  # an item failed (adapter not found, image refused…)
-EXIT_USAGE = 2
-EXIT_RETRY = 75  # the worker is down, loading or busy: try again later (resume with --resume)
 
 _EPILOG = """\
 SET is an image (PNG, JPEG, WebP), a diagram source (BPMN, Mermaid, Graphviz, PlantUML, SVG: drawn as PNG), a
@@ -687,7 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except PlaygroundError as exc:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
-        return EXIT_RETRY if exc.retryable else EXIT_FAILED
+        return exit_status(exc)
     except KeyboardInterrupt:
         print("error: interrupted (resume with --resume ID)", file=sys.stderr)
         return 130

@@ -57,6 +57,9 @@ from wire.protocol import (
 )
 
 from .errors import (
+    EXIT_FAILED,
+    EXIT_RETRY,
+    EXIT_USAGE,
     BadFrame,
     ClientCode,
     InvalidRequest,
@@ -64,6 +67,7 @@ from .errors import (
     WorkerError,
     WorkerUnavailable,
     closed_error,
+    exit_status,
     handshake_error,
 )
 from .messages import (
@@ -77,9 +81,9 @@ from .messages import (
 )
 
 __all__ = [
-    "DEFAULT_URL", "UNSET", "BadFrame", "ClientCode", "InvalidRequest", "PlaygroundError", "WorkerClient",
-    "WorkerError", "WorkerUnavailable", "describe_progress", "encode_request", "generate_message", "image_part",
-    "new_session_id", "user_message",
+    "DEFAULT_URL", "EXIT_FAILED", "EXIT_RETRY", "EXIT_USAGE", "UNSET", "BadFrame", "ClientCode", "InvalidRequest",
+    "PlaygroundError", "WorkerClient", "WorkerError", "WorkerUnavailable", "describe_progress", "encode_request",
+    "exit_status", "generate_message", "image_part", "new_session_id", "user_message",
 ]
 
 log = logging.getLogger(__name__)

@@ -13,11 +13,16 @@ from typing import Any
 from diagrams import DiagramError, describe_kinds, kind_of, render_async
 from wire.protocol import AdapterLoaded, Done
 
-from . import DEFAULT_URL, UNSET, PlaygroundError, WorkerClient, describe_progress, user_message
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_RETRY = 75  # EX_TEMPFAIL: the same command may work later (worker busy, down or loading)
+from . import (
+    DEFAULT_URL,
+    EXIT_USAGE,
+    UNSET,
+    PlaygroundError,
+    WorkerClient,
+    describe_progress,
+    exit_status,
+    user_message,
+)
 
 _EPILOG = """\
 The answer streams to stdout; adapter loading progress and a final line of timings (time to first token,
@@ -111,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_run_cli(args, sys.stdout, sys.stderr))
     except PlaygroundError as exc:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
-        return EXIT_RETRY if exc.retryable else EXIT_FAILED
+        return exit_status(exc)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -51,6 +51,17 @@ class PlaygroundError(Exception):
         return type(self)(self.code, self.message, retryable=self.retryable)
 
 
+# Exit statuses of the command lines (python -m playground.client, python -m playground.eval).
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_RETRY = 75  # EX_TEMPFAIL: the same command may work later (worker busy, down or loading)
+
+
+def exit_status(exc: PlaygroundError) -> int:
+    """A command line's exit status for ``exc``: EXIT_RETRY when trying again later can succeed."""
+    return EXIT_RETRY if exc.retryable else EXIT_FAILED
+
+
 class WorkerError(PlaygroundError):
     """The worker answered with an ``error`` message; ``code`` is its stable code (``busy``, ``invalid_image``…)."""
 
