@@ -79,7 +79,7 @@ class LoadedModel:
     """A base model (Qwen3-VL, or a text-only causal LM) with its processor or tokenizer."""
 
     def __init__(self, model: Any, processor: Any, tokenizer: Any, info: ModelInfo, *, image_min_pixels: int,
-                 image_max_pixels: int, max_prompt_tokens: int) -> None:
+                 image_max_pixels: int, max_prompt_tokens: int, weight_layout: str = "natural") -> None:
         self.model = model
         self.processor = processor
         self.tokenizer = tokenizer
@@ -87,7 +87,7 @@ class LoadedModel:
         self.image_min_pixels = image_min_pixels
         self.image_max_pixels = image_max_pixels
         self.max_prompt_tokens = max_prompt_tokens
-        self.weight_layout = "natural"  # or "transposed": set by load_model (CPU_WEIGHT_LAYOUT)
+        self.weight_layout = weight_layout  # "natural", or "transposed" (CPU_WEIGHT_LAYOUT, applied by load_model)
         gen = getattr(model, "generation_config", None)
         eos = getattr(gen, "eos_token_id", None)
         self.eos_ids = frozenset(e for e in (eos if isinstance(eos, list) else [eos]) if e is not None)
@@ -262,10 +262,9 @@ def load_model(name: str, *, device: str = "auto", dtype: str = "auto", image_mi
         parameters=sum(p.numel() for p in model.parameters()),
     )
     log.info("model loaded in %.2f s (%d parameters)", info.load_seconds, info.parameters)
-    loaded = LoadedModel(model, processor, tokenizer, info, image_min_pixels=image_min_pixels,
-                         image_max_pixels=image_max_pixels, max_prompt_tokens=max_prompt_tokens)
-    loaded.weight_layout = "transposed" if transposed else "natural"
-    return loaded
+    return LoadedModel(model, processor, tokenizer, info, image_min_pixels=image_min_pixels,
+                       image_max_pixels=image_max_pixels, max_prompt_tokens=max_prompt_tokens,
+                       weight_layout="transposed" if transposed else "natural")
 
 
 WIDE_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
