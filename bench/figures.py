@@ -764,10 +764,11 @@ def figure5(run: Run, t: Target) -> list[Row]:
         texts[key].append(trial.text)
         return trial.end_s
 
-    def pair() -> float:
-        wall, (a, b) = threaded([lambda: ca.generate(req), lambda: cb.generate(req)])
-        texts["pair-a"].append(a.text)
-        texts["pair-b"].append(b.text)
+    def pair(conn_a: WorkerClient, conn_b: WorkerClient, key: str) -> float:
+        """Both adapters streamed side by side; their texts under ``key``-a and ``key``-b."""
+        wall, (a, b) = threaded([lambda: conn_a.generate(req), lambda: conn_b.generate(req)])
+        texts[f"{key}-a"].append(a.text)
+        texts[f"{key}-b"].append(b.text)
         return wall
 
     def ip_solo(name: str, key: str) -> float:
@@ -787,20 +788,13 @@ def figure5(run: Run, t: Target) -> list[Row]:
         alt = t.alternative_worker({"CPU_WEIGHT_LAYOUT": "natural"})
         na, nb = t.client("bench-a", worker=alt), t.client("bench-b", worker=alt)
         texts.update({"nat-a": [], "nat-b": [], "nat-pair-a": [], "nat-pair-b": []})
-
-        def nat_pair() -> float:
-            wall, (a, b) = threaded([lambda: na.generate(req), lambda: nb.generate(req)])
-            texts["nat-pair-a"].append(a.text)
-            texts["nat-pair-b"].append(b.text)
-            return wall
-
         subjects = {"natural solo a": lambda: solo(na, "nat-a"), "natural solo b": lambda: solo(nb, "nat-b"),
-                    "natural pair": nat_pair}
+                    "natural pair": lambda: pair(na, nb, "nat-pair")}
     trials = interleave(run, o.trials, {
         **subjects,
         "worker solo a": lambda: solo(ca, "solo-a"),
         "worker solo b": lambda: solo(cb, "solo-b"),
-        "worker pair": pair,
+        "worker pair": lambda: pair(ca, cb, "pair"),
         "in-process solo a": lambda: ip_solo("bench-a", "ip-a"),
         "in-process solo b": lambda: ip_solo("bench-b", "ip-b"),
         "in-process a then b": ip_serial,
