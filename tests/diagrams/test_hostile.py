@@ -45,8 +45,16 @@ BILLION_LAUGHS = b"""<?xml version="1.0"?>
 
 
 def renderer_processes() -> list[str]:
-    """dot and java processes under this one (a stopped render leaves none)."""
-    return [p.name() for p in psutil.Process().children(recursive=True) if p.name() in ("dot", "java")]
+    """dot and java processes under this one (a stopped render leaves none); one that ends while we look is gone."""
+    names = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            name = proc.name()
+        except psutil.Error:  # it ended between the listing and the look
+            continue
+        if name in ("dot", "java"):
+            names.append(name)
+    return names
 
 
 @pytest.fixture
