@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 # Bump when a builder changes what it writes, so cached demo checkpoints are rebuilt.
-BUILDER_VERSION = 3
+BUILDER_VERSION = 4
 
 # Qwen's special tokens, in Qwen's order (their ids follow the BPE vocabulary, as in the real tokenizer).
 SPECIAL_TOKENS = [
@@ -118,8 +118,9 @@ class VLSize:
 
 
 VL_SIZES: dict[str, VLSize] = {
-    # ~0.3M parameters: tests and the offline demo.
-    "tiny": VLSize(64, 2, 4, 2, 16, 128, 2, 32, 2, 64, (4, 2, 2), (0, 1)),
+    # ~0.3M parameters: tests and the offline demo. head_dim 32: the smallest vLLM's CPU attention accepts, so the
+    # same demo runs on both engines (2 query heads share 1 KV head: grouped-query attention as in the real model).
+    "tiny": VLSize(64, 2, 2, 1, 32, 128, 2, 32, 2, 64, (8, 4, 4), (0, 1)),
     # ~100M parameters: the mid-size benchmark model.
     "mid": VLSize(768, 12, 12, 4, 64, 3072, 4, 256, 4, 1024, (16, 8, 8), (1, 2, 3)),
     # The real Qwen3-VL-2B-Instruct architecture (random bf16 weights, ~4.3 GB).
