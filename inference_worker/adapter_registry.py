@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from adapters.sources import AdapterSources, Identity, Materialized
 from wire.errors import ServiceError, StoreUnavailable
 
-from .engines.base import Engine
+from .engines.base import AdapterOrigin, Engine
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,8 @@ class AdapterRegistry:
             if progress is not None:
                 progress("loading", 0, None)
             engine_name = f"lora{next(self._counter)}"
-            await self.engine.add_adapter(engine_name, material.facts)
+            await self.engine.add_adapter(engine_name, material.facts,
+                                          AdapterOrigin(ref=ref, digest=identity.digest))
         finally:
             material.release()
         self._stage("inject", t)

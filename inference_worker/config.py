@@ -123,10 +123,12 @@ class Settings(StoreSettings):
     max_prompt_tokens: int = Field(
         16384, ge=1, validation_alias=_env("MAX_PROMPT_TOKENS"), description="Longest prompt (image tokens included)."
     )
-    engine: Literal["transformers"] = Field(
+    engine: Literal["transformers", "ray"] = Field(
         "transformers",
         validation_alias=_env("INFERENCE_ENGINE"),
-        description="The engine behind the protocol: transformers (in-process, continuous batching).",
+        description="The engine behind the protocol: transformers (in-process, continuous batching) or ray (this "
+        "process holds no model: requests go to the replicas of a Ray Serve deployment, python -m "
+        "inference_worker.ray).",
     )
     max_batch_rows: int | None = Field(
         None,
@@ -190,6 +192,75 @@ class Settings(StoreSettings):
         ge=1,
         validation_alias=_env("MAX_CONTENT_PARTS"),
         description="Content parts (text and image) per request, all messages together.",
+    )
+
+    # ---- Ray Serve (INFERENCE_ENGINE=ray, python -m inference_worker.ray) ------------------------------------------
+    ray_address: str = Field(
+        "auto",
+        validation_alias=_env("RAY_ADDRESS"),
+        description="Ray cluster to join: auto (the cluster this machine belongs to), ray://host:10001 or host:6379, "
+        "or local (python -m inference_worker.ray only: start a one-machine cluster of its own).",
+    )
+    ray_app_name: str = Field(
+        "inference-worker",
+        validation_alias=_env("RAY_APP_NAME"),
+        description="Name of the Ray Serve application that holds the replicas; fronts find it by this name.",
+    )
+    ray_replicas: int = Field(
+        1, ge=1, validation_alias=_env("RAY_REPLICAS"),
+        description="Model replicas, when autoscaling is off (RAY_MAX_REPLICAS unset)."
+    )
+    ray_min_replicas: int = Field(
+        1, ge=0, validation_alias=_env("RAY_MIN_REPLICAS"),
+        description="Autoscaling lower bound (used when RAY_MAX_REPLICAS is set)."
+    )
+    ray_max_replicas: int | None = Field(
+        None,
+        ge=1,
+        validation_alias=_env("RAY_MAX_REPLICAS"),
+        description="Autoscaling upper bound; set, Ray Serve scales between RAY_MIN_REPLICAS and it to keep "
+        "RAY_TARGET_ONGOING_REQUESTS per replica. Unset: RAY_REPLICAS fixed replicas.",
+    )
+    ray_target_ongoing_requests: float | None = Field(
+        None,
+        gt=0,
+        validation_alias=_env("RAY_TARGET_ONGOING_REQUESTS"),
+        description="Autoscaling target of requests per replica. Unset: the replica's batch rows (MAX_BATCH_ROWS).",
+    )
+    ray_max_ongoing_requests: int | None = Field(
+        None,
+        ge=1,
+        validation_alias=_env("RAY_MAX_ONGOING_REQUESTS"),
+        description="Requests one replica holds at once (running and waiting in its engine); more wait in the "
+        "front. Unset: twice the replica's batch rows.",
+    )
+    ray_cpus_per_replica: float = Field(
+        1.0, ge=0, validation_alias=_env("RAY_CPUS_PER_REPLICA"),
+        description="CPUs Ray reserves for each replica (fractions allowed)."
+    )
+    ray_gpus_per_replica: float = Field(
+        0.0, ge=0, validation_alias=_env("RAY_GPUS_PER_REPLICA"),
+        description="GPUs Ray reserves for each replica (fractions allowed; 0 on CPU-only clusters)."
+    )
+    ray_adapters_per_replica: int | None = Field(
+        None,
+        ge=1,
+        validation_alias=_env("RAY_ADAPTERS_PER_REPLICA"),
+        description="Adapters one replica keeps loaded (LRU; Ray Serve's max_num_models_per_replica). Unset: "
+        "MAX_LOADED_ADAPTERS.",
+    )
+    ray_health_check_period_s: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=_env("RAY_HEALTH_CHECK_PERIOD_S"),
+        description="How often Ray Serve checks each replica; a dead one is replaced after about this long.",
+    )
+    ray_status_period_s: float = Field(
+        1.0,
+        gt=0,
+        validation_alias=_env("RAY_STATUS_PERIOD_S"),
+        description="How often replicas report their adapters and load, and the front reads them (status, "
+        "/metrics, readiness: a front is ready while a replica reported within 3 periods).",
     )
 
     # ---- messages and images -----------------------------------------------------------------------------------
@@ -256,7 +327,9 @@ class Settings(StoreSettings):
             return [p for p in value.replace(",", os.pathsep).split(os.pathsep) if p.strip()]
         return value
 
-    @field_validator("default_adapter", "auth_token", "max_batch_rows", "kv_cache_max_bytes", mode="before")
+    @field_validator("default_adapter", "auth_token", "max_batch_rows", "kv_cache_max_bytes",
+                     "ray_max_replicas", "ray_target_ongoing_requests", "ray_max_ongoing_requests",
+                     "ray_adapters_per_replica", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -267,6 +340,8 @@ class Settings(StoreSettings):
             self.default_max_tokens = self.max_new_tokens
         if self.image_min_pixels > self.image_max_pixels:
             raise ValueError("IMAGE_MIN_PIXELS must not exceed IMAGE_MAX_PIXELS")
+        if self.ray_max_replicas is not None and self.ray_min_replicas > self.ray_max_replicas:
+            raise ValueError("RAY_MIN_REPLICAS must not exceed RAY_MAX_REPLICAS")
         return self
 
     # ---- derived -----------------------------------------------------------------------------------------------

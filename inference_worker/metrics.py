@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -64,6 +65,11 @@ class Metrics:
         """Report CUDA memory on each scrape (only registered when the model runs on a GPU)."""
         self.registry.register(_CudaMemoryCollector(device_index))
 
+    def add_replicas(self, replicas: Callable[[], list[dict[str, Any]]]) -> None:
+        """Report the replicas of a remote engine (INFERENCE_ENGINE=ray) and the adapters each holds, on each
+        scrape."""
+        self.registry.register(_ReplicasCollector(replicas))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -83,3 +89,24 @@ class _CudaMemoryCollector:
         reserved = GaugeMetricFamily("inference_cuda_memory_reserved_bytes", "CUDA memory reserved by the allocator.")
         reserved.add_metric([], torch.cuda.memory_reserved(index))
         return [allocated, reserved]
+
+
+class _ReplicasCollector:
+    def __init__(self, replicas: Callable[[], list[dict[str, Any]]]) -> None:
+        self.replicas = replicas
+
+    def collect(self) -> Iterable[Metric]:
+        replicas = self.replicas()
+        count = GaugeMetricFamily("inference_replicas", "Model replicas that reported within 3 status periods.")
+        count.add_metric([], len(replicas))
+        running = GaugeMetricFamily("inference_replica_running_generations", "Rows of each replica's running batch.",
+                                    labels=["replica"])
+        adapters = GaugeMetricFamily(
+            "inference_replica_adapter_loaded", "1 for each adapter a replica holds (by content digest).",
+            labels=["replica", "adapter", "digest"],
+        )
+        for r in replicas:
+            running.add_metric([r["replica"]], r["running"])
+            for a in r["adapters"]:
+                adapters.add_metric([r["replica"], a["name"], a["digest"][:16]], 1)
+        return [count, running, adapters]

@@ -145,7 +145,7 @@ class WorkerServer:
             status = HTTPStatus.INTERNAL_SERVER_ERROR if service.load_error else HTTPStatus.OK
             return _json(status, service.health())
         if path == "/ready":
-            ready = service.ready and not service.draining
+            ready = service.ready and not service.draining and service.engine_available
             return _json(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, service.health())
         if not self._authorized(request):
             return _json(HTTPStatus.UNAUTHORIZED, {"error": "unauthorized", "message": "missing or wrong token"})
@@ -158,6 +158,9 @@ class WorkerServer:
             return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "shutting_down"})
         if not service.ready:
             return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "loading", "message": "the model is loading"})
+        if not service.engine_available:
+            return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "unavailable",
+                                                          "message": "no model replica is available; retry later"})
         assert self.server is not None
         if len(self.server.connections) >= self.settings.max_connections:
             return _json(HTTPStatus.SERVICE_UNAVAILABLE, {

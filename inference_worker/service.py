@@ -135,7 +135,9 @@ class Service:
         self.metrics.kv_cache_max_bytes.set(status.kv_cache_max_bytes)
         log.info("%s engine: up to %d requests in the batch, %d more may wait; KV cache bound %.0f MiB",
                  s.engine, status.max_running, s.max_queue_size, status.kv_cache_max_bytes / 2**20)
-        if engine.info.device == "cuda":
+        if s.engine == "ray":
+            self.metrics.add_replicas(lambda: engine.status().details.get("replicas", []))
+        elif engine.info.device == "cuda":
             import torch
 
             self.metrics.add_cuda_memory(lambda: torch.cuda.current_device())
@@ -156,6 +158,10 @@ class Service:
 
     async def _load_engine(self) -> Engine:
         """The engine INFERENCE_ENGINE names, with its model loaded on the engine's own thread."""
+        if self.settings.engine == "ray":  # the model lives in the replicas of a Ray Serve deployment
+            from .ray.engine import RayEngine
+
+            return await RayEngine.connect(self.settings)
         from .engines.transformers import TransformersEngine
         from .engines.transformers.model import LoadedModel, load_model, pick_device
 
@@ -192,11 +198,16 @@ class Service:
         local = Path(self.model_name).expanduser()
         return local.name if local.exists() else self.model_name
 
+    @property
+    def engine_available(self) -> bool:
+        """The engine can take requests (a Ray deployment with no live replica cannot)."""
+        return self.engine is not None and self.engine.status().available
+
     def health(self) -> dict[str, Any]:
         info = self.engine.info if self.engine else None
         return {
             "status": "ok" if self.ready else ("error" if self.load_error else "loading"),
-            "ready": self.ready,
+            "ready": self.ready and self.engine_available,
             "draining": self.draining,
             "model": self.public_model_name,
             "device": info.device if info else None,
@@ -221,7 +232,7 @@ class Service:
         s = self.settings
         users = Counter(session.adapter.key for session in self.sessions if session.adapter is not None)
         return p.Status(
-            ready=self.ready,
+            ready=self.ready and self.engine_available,
             model=self.public_model_name,
             model_type=info.model_type,
             device=info.device,

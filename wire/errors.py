@@ -9,7 +9,7 @@ same request again later can succeed. The adapter store (``adapters/``) raises t
     ├── InputError               invalid_image, unsupported_image, image_too_large, images_not_supported,
     │                            prompt_too_long
     ├── SessionError             duplicate_session, unknown_session, too_many_sessions
-    ├── CapacityError            busy, shutting_down                         (retryable)
+    ├── CapacityError            busy, shutting_down, replica_failed         (retryable)
     ├── DeadlineExceeded         deadline_exceeded                             (retryable)
     ├── AdapterError             adapter_not_found, adapter_invalid, adapter_incompatible,
     │   │                        adapter_forbidden, adapter_conflict
@@ -39,6 +39,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_SESSIONS = "too_many_sessions"
     BUSY = "busy"
     SHUTTING_DOWN = "shutting_down"
+    REPLICA_FAILED = "replica_failed"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     ADAPTER_NOT_FOUND = "adapter_not_found"
     ADAPTER_INVALID = "adapter_invalid"

@@ -127,6 +127,14 @@ class AdapterInfo:
 
 
 @dataclass(frozen=True)
+class AdapterOrigin:
+    """Where an adapter's files come from: an engine whose model lives elsewhere (Ray replicas) loads them there."""
+
+    ref: str  # the adapter_path a client gave (store name, s3:// URL or allowed local path)
+    digest: str  # the content's digest: the same digest is the same weights
+
+
+@dataclass(frozen=True)
 class EngineStatus:
     running: int  # rows in the running batch
     waiting: int  # requests submitted to the engine, not yet running
@@ -135,6 +143,7 @@ class EngineStatus:
     kv_cache_max_bytes: int  # the bound admission keeps (KV_CACHE_MAX_BYTES)
     adapters: tuple[str, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)  # engine-specific figures, shown in status as they are
+    available: bool = True  # it can take requests now (False while a remote engine has no live replica)
 
 
 @dataclass(frozen=True)
@@ -161,9 +170,10 @@ class Engine(Protocol):
         """Stop a request (thread-safe, idempotent): its stream ends with ``Finished(reason="cancelled")``."""
         ...
 
-    async def add_adapter(self, name: str, facts: Any) -> AdapterInfo:
+    async def add_adapter(self, name: str, facts: Any, origin: AdapterOrigin | None = None) -> AdapterInfo:
         """Check an adapter (``adapters.validate.AdapterFacts``) against the model and load it as ``name``. On any
-        failure (an :class:`~wire.errors.AdapterError`) nothing of it remains."""
+        failure (an :class:`~wire.errors.AdapterError`) nothing of it remains. ``origin`` says where the files came
+        from, for engines that load them in another process (an in-process engine ignores it)."""
         ...
 
     async def remove_adapter(self, name: str) -> None:

@@ -21,6 +21,7 @@ from wire.errors import InternalError, ServiceError
 
 from ..base import (
     AdapterInfo,
+    AdapterOrigin,
     EngineRequest,
     EngineStatus,
     Event,
@@ -123,7 +124,7 @@ class TransformersEngine:
             self.scheduler.wake()
 
     # ---- adapters --------------------------------------------------------------------------------------------
-    async def add_adapter(self, name: str, facts: Any) -> AdapterInfo:
+    async def add_adapter(self, name: str, facts: Any, origin: AdapterOrigin | None = None) -> AdapterInfo:
         self._start()
         lm, bank = self.lm, self.bank
         config, raw = await asyncio.to_thread(read_lora_files, bank, facts)
