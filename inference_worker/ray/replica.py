@@ -75,7 +75,8 @@ class ReplicaBase:
 
         base = Settings(**settings)
         self.capacity = base.ray_adapters_per_replica or base.max_loaded_adapters
-        self.settings = base.model_copy(update={"max_loaded_adapters": self.capacity, "default_adapter": None})
+        self.settings = base.model_copy(update={"engine": "transformers", "max_loaded_adapters": self.capacity,
+                                                "default_adapter": None})
         self.service = Service(self.settings)
         await self.service.start()
         assert self.service.engine is not None and self.service.registry is not None
@@ -234,6 +235,7 @@ def build_app(settings: Settings) -> Any:
         "max_ongoing_requests": s.ray_max_ongoing_requests or 2 * rows,
         "health_check_period_s": s.ray_health_check_period_s,
         "health_check_timeout_s": max(30.0, 3 * s.ray_health_check_period_s),
+        "logging_config": {"enable_access_log": False},  # a line per status report and per request otherwise
     }
     if s.ray_max_replicas is not None:
         options["autoscaling_config"] = {
@@ -243,7 +245,7 @@ def build_app(settings: Settings) -> Any:
     else:
         options["num_replicas"] = s.ray_replicas
     board = serve.deployment(Board, name=BOARD_DEPLOYMENT, num_replicas=1, ray_actor_options={"num_cpus": 0},
-                             max_ongoing_requests=1000)
+                             max_ongoing_requests=1000, logging_config={"enable_access_log": False})
     replica = serve.deployment(replica_class(capacity), **options)
     return replica.bind(replica_settings(s), board.bind(s.ray_status_period_s))
 

@@ -9,7 +9,15 @@ import pytest
 
 from checkpoints.demo import DemoPaths
 
+from . import ray_cluster
 from .targets import StartContext, Target, selected_engines, started
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_cluster_teardown() -> Iterator[None]:
+    """The session's Ray cluster (if a test started one) is shut down at the end, whatever failed."""
+    yield
+    ray_cluster.shutdown()
 
 
 @pytest.fixture(scope="session", params=selected_engines())
