@@ -165,11 +165,27 @@ class RayEngine:
         error = await self.handle.options(multiplexed_model_id=origin.digest).check_adapter.remote(origin)
         if error is not None:
             raise error
+        await self._until_routable(origin.digest)
         self._adapters[name] = origin
         modules = facts.modules
         return AdapterInfo(name=name, rank=facts.rank, modules=len(modules),
                            vision=any("visual" in m.split(".") for m in modules),
                            parameter_bytes=facts.tensor_bytes)
+
+    async def _until_routable(self, digest: str, timeout_s: float = 2.0) -> None:
+        """Wait (briefly) until this front's router knows which replica holds ``digest``. Replicas announce their
+        adapters to the Serve controller every 0.1 s, which passes it on to the routers: a request sent before that
+        falls back to the replicas with the fewest adapters, and the adapter would load on a second replica."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:  # Ray Serve 2.60's router (pinned); without it, a pause as long as two announcements
+                table = self.handle._router._asyncio_router.request_router._multiplexed_model_id_to_replica_ids
+            except AttributeError:
+                await asyncio.sleep(0.3)
+                return
+            if table.get(digest):
+                return
+            await asyncio.sleep(0.02)
 
     async def remove_adapter(self, name: str) -> None:
         # Replicas keep their own LRU of digests (Serve's multiplexing): nothing to unload remotely.
