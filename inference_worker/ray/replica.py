@@ -68,7 +68,8 @@ class HeldAdapter:
 class ReplicaBase:
     """One model replica. ``replica_class`` adds the multiplexed loader with the configured capacity."""
 
-    async def __init__(self, settings: dict[str, Any], board: DeploymentHandle | None = None) -> None:
+    # Ray Serve awaits an async __init__ (the model loads without blocking the replica's event loop).
+    async def __init__(self, settings: dict[str, Any], board: DeploymentHandle | None = None) -> None:  # type: ignore[misc]
         import ray
 
         from ..service import Service
@@ -244,9 +245,9 @@ def build_app(settings: Settings) -> Any:
         }
     else:
         options["num_replicas"] = s.ray_replicas
-    board = serve.deployment(Board, name=BOARD_DEPLOYMENT, num_replicas=1, ray_actor_options={"num_cpus": 0},
+    board: Any = serve.deployment(Board, name=BOARD_DEPLOYMENT, num_replicas=1, ray_actor_options={"num_cpus": 0},
                              max_ongoing_requests=1000, logging_config={"enable_access_log": False})
-    replica = serve.deployment(replica_class(capacity), **options)
+    replica: Any = serve.deployment(replica_class(capacity), **options)
     return replica.bind(replica_settings(s), board.bind(s.ray_status_period_s))
 
 
