@@ -1,4 +1,4 @@
-"""The six figures. Each measures the worker (subject) beside the in-process baseline in the same run, trials
+"""The figures. Each measures the worker (subject) beside the in-process baseline in the same run, trials
 interleaved with the order reversed every trial (A B, B A, A B …) so that the machine's noise hits both.
 """
 
@@ -24,7 +24,7 @@ from .common import PROMPT, SHORT_PROMPT, BenchError, Request, Trial, diagram_pn
 from .models import AdapterSpec, ModelCache, adapter_bytes, is_vision_model, parameter_count
 from .report import Row
 from .stats import delta, paired, quantile, ratio, summarize
-from .worker import WorkerClient, WorkerConfig, WorkerProcess, stage_seconds
+from .worker import RayDeployment, WorkerClient, WorkerConfig, WorkerProcess, stage_seconds
 
 log = logging.getLogger("bench")
 ADAPTERS = ("bench-a", "bench-b", "bench-c", "bench-d")
@@ -937,6 +937,74 @@ def figure6(run: Run, t: Target) -> list[Row]:
                         summarize([wc1 / wc0]), "×", target="≤ 1.02", met=wc1 / wc0 <= 1.02,
                         subject_text=f"{wc0 / mb:.0f} → {wc1 / mb:.0f} MB",
                         baseline_text=f"{bc0 / mb:.0f} → {bc1 / mb:.0f} MB (×{bc1 / bc0:.3f})"))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 7. Ray Serve
+
+
+def figure7(run: Run, t: Target) -> list[Row]:
+    """The Ray path (a front holding no model → one Ray Serve replica with every core) beside the in-process worker,
+    through the same WebSocket protocol: 1 client, then 8 clients on a mix of adapters and the base. Only one of
+    the two serves at a time (trials interleaved); both have the same engine, batch rows and cores, so the ratio is
+    the cost of the hop (front → handle → replica → stream back)."""
+    o = run.options
+    req = t.request(o.concurrency_tokens)
+    t.stop_worker()
+    local = t.worker()
+    config = WorkerConfig(t.model_dir, device=o.device, dtype=t.dtype, store_dir=t.store_dir(), max_loaded_adapters=8,
+                          max_batch_rows=o.max_batch_rows)
+    say(f"figure 7, {t.label}: starting a local Ray cluster with one replica")
+    deployment = RayDeployment(config, run.logs / f"ray-{t.model_dir.name}.log", run.tmp / "ray").start()
+    assert deployment.address is not None
+    front_config = WorkerConfig(t.model_dir, device=o.device, dtype=t.dtype, store_dir=t.store_dir(),
+                                max_loaded_adapters=8,
+                                env={"INFERENCE_ENGINE": "ray", "RAY_ADDRESS": deployment.address,
+                                     "RAY_APP_NAME": "bench", "RAY_AUTH_MODE": "disabled"})
+    front = WorkerProcess(front_config, run.logs / f"ray-front-{t.model_dir.name}.log")
+    rows: list[Row] = []
+    try:
+        front.start()
+        clients = 8
+        paths = {"in-process": local, "ray": front}
+        conns = {name: [t.client(MIX[i % len(MIX)], worker=w) for i in range(clients)] for name, w in paths.items()}
+        out: dict[str, dict[str, list[Any]]] = {
+            f"{name} {c}": {"rate": [], "ttft": [], "texts": []} for name in paths for c in (1, clients)}
+
+        def round_of(name: str, c: int) -> Callable[[], None]:
+            def body() -> None:
+                wall, results = threaded([
+                    (lambda i=i: [conns[name][i].generate(req) for _ in range(o.requests_per_client)])  # type: ignore[misc]
+                    for i in range(c)])
+                record = out[f"{name} {c}"]
+                record["rate"].append(sum(x.tokens for trials in results for x in trials) / wall)
+                record["ttft"].extend(x.ttft_piece_s for trials in results for x in trials)
+                record["texts"].extend((MIX[i % len(MIX)], x.text) for i, trials in enumerate(results) for x in trials)
+            return body
+
+        subjects = {f"{name} {c}": round_of(name, c) for c in (1, clients) for name in paths}
+        interleave(run, o.concurrency_trials, subjects, f"figure 7, {t.label}")
+        for c in (1, clients):
+            ray_out, local_out = out[f"ray {c}"], out[f"in-process {c}"]
+            expected = dict(local_out["texts"])
+            mismatched = sum(1 for a, text in ray_out["texts"] if expected.get(a, text) != text)
+            same = ("outputs identical to the in-process worker per adapter" if not mismatched
+                    else f"{mismatched}/{len(ray_out['texts'])} outputs differ from the in-process worker")
+            if mismatched:
+                run.note(f"figure 7, {t.label}, {c} clients: {same}")
+            who = f"{c} client{'s' if c > 1 else ''} × {o.requests_per_client} requests"
+            rows.append(ratio_row(7, f"Ray Serve, {who}: aggregate tokens/s, Ray path (front → 1 replica) ÷ "
+                                  "in-process worker", t.label, ray_out["rate"], local_out["rate"], "tok/s",
+                                  note=f"{same}; {o.concurrency_tokens} tokens per request"))
+            ray_ttft = sorted(x for x in ray_out["ttft"] if x is not None)
+            local_ttft = sorted(x for x in local_out["ttft"] if x is not None)
+            rows.append(delta_row(7, f"Ray Serve, {who}: time to first text piece at the client, Ray path − "
+                                  "in-process worker (requests paired by rank)", t.label, ray_ttft, local_ttft))
+    finally:
+        front.stop()
+        deployment.stop()
+        t.stop_worker()
     return rows
 
 

@@ -249,3 +249,69 @@ class WorkerClient:
             extra={"queue_ms": timings.get("queue_ms"), "server_total_ms": timings.get("total_ms"),
                    "adapter": m.get("adapter")},
         )
+
+
+class RayDeployment:
+    """``python -m inference_worker.ray`` with ``RAY_ADDRESS=local``: a one-machine Ray cluster of its own with the
+    replicas deployed; SIGTERM deletes the application and stops the cluster. ``address`` is for fronts."""
+
+    def __init__(self, config: WorkerConfig, log_path: Path, temp_dir: Path, replicas: int = 1) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.temp_dir = temp_dir
+        self.replicas = replicas
+        self.address: str | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 600) -> RayDeployment:
+        c = self.config
+        cpus = os.cpu_count() or 1
+        args = [
+            sys.executable, "-m", "inference_worker.ray",
+            "--model-name", str(c.model_dir), "--log-level", "info", "--device", c.device, "--torch-dtype", c.dtype,
+            "--max-loaded-adapters", str(c.max_loaded_adapters), "--ray-address", "local",
+            "--ray-app-name", "bench", "--ray-replicas", str(self.replicas),
+            # every core to the one replica, as the in-process worker has them (Ray sets its OMP_NUM_THREADS)
+            "--ray-cpus-per-replica", str(cpus / self.replicas), "--ray-status-period-s", "1",
+        ]
+        if c.max_batch_rows is not None:
+            args += ["--max-batch-rows", str(c.max_batch_rows)]
+        if c.store_dir is not None:
+            args += ["--adapter-store-dir", str(c.store_dir)]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+               "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": str(self.temp_dir),
+               "PYTHONPATH": os.pathsep.join(x for x in (str(c.source_dir), os.environ.get("PYTHONPATH")) if x),
+               **c.env}
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(args, cwd=c.source_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"the Ray deployment exited with {self.proc.returncode}:\n{self._log_tail()}")
+            text = self._log_tail(100_000)
+            found = re.search(r"cluster address (\S+)", text)
+            if found and "application 'bench' running" in text:
+                self.address = found.group(1)
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise BenchError(f"the Ray deployment was not running within {timeout:.0f} s:\n{self._log_tail()}")
+
+    def _log_tail(self, size: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-size:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(90)
+        except subprocess.TimeoutExpired:  # the cluster's processes are in its session: end them all
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)

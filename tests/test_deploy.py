@@ -28,6 +28,7 @@ def compose(*args: str) -> subprocess.CompletedProcess[str]:
     ["-f", "docker-compose.yml"],
     ["-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml"],
     ["-f", "docker-compose.yml", "--profile", "tools"],
+    ["-f", "docker-compose.yml", "--profile", "ray"],
 ])
 def test_compose_files_validate(files):
     """docker compose config accepts the stack, the GPU override and the tools profile."""
@@ -88,6 +89,27 @@ def test_worker_settings_in_compose_are_real_settings():
     for name in ("inference-worker", "adapters"):
         env = services()[name]["environment"]
         assert set(env) <= known, set(env) - known
+
+
+def test_the_ray_profile_has_a_head_a_worker_node_the_deployment_and_a_front():
+    """Profile ray: a head, a worker node that joins it, a one-shot deploy and a front (INFERENCE_ENGINE=ray) on the
+    same cluster and application; every variable the deploy and the front get is a setting (or Ray's own)."""
+    s = services()
+    ray = {name for name, svc in s.items() if "ray" in svc.get("profiles", [])}
+    assert ray == {"ray-head", "ray-worker", "ray-deploy", "ray-front"}
+    assert "--head" in s["ray-head"]["command"]
+    assert "--address=ray-head:6379" in " ".join(s["ray-worker"]["command"])
+    assert s["ray-deploy"]["command"][:3] == ["python", "-m", "inference_worker.ray"]
+    front, deploy = s["ray-front"], s["ray-deploy"]
+    assert front["environment"]["INFERENCE_ENGINE"] == "ray"
+    assert front["environment"]["RAY_ADDRESS"] == deploy["environment"]["RAY_ADDRESS"] == "ray-head:6379"
+    assert front["environment"]["RAY_APP_NAME"] == deploy["environment"]["RAY_APP_NAME"]
+    assert front["healthcheck"]["test"][-1] == "inference_worker.healthcheck"
+    known = {Settings.env_name(f) for f in Settings.model_fields} | {"RAY_AUTH_MODE", "PYTHONPATH"}
+    for name in ("ray-deploy", "ray-front"):
+        assert set(s[name]["environment"]) <= known, set(s[name]["environment"]) - known
+    for name in ray:  # the same auth mode everywhere, or drivers fail with AuthenticationError
+        assert s[name]["environment"]["RAY_AUTH_MODE"] == "disabled", name
 
 
 def test_readme_matches_compose():

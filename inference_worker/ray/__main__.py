@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from .replica import build_app
 
     ray.init(address=settings.ray_address, include_dashboard=False, log_to_driver=True)
+    log.info("cluster address %s", ray.get_runtime_context().gcs_address)  # RAY_ADDRESS for fronts
     serve.start(proxy_location="Disabled")  # the fronts speak the protocol: no Serve HTTP proxy
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
