@@ -4,7 +4,7 @@
     python -m bench                         # tiny + mid, full trials, and the 2B-sized cold load
     python -m bench --size 2b               # the Qwen3-VL-2B architecture (random weights; for a GPU machine)
     python -m bench --model /models/qwen3-vl-2b-instruct --figures 1,2
-    python -m bench --size mid --figures 7  # the Ray Serve path beside the in-process worker (starts a local cluster)
+    python -m bench --size mid --figures 8  # the Ray Serve path beside the in-process worker (starts a local cluster)
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .figures import (
     figure4,
     figure5,
     figure6,
-    figure7,
+    figure8,
     finite,
     say,
 )
@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", action="append", choices=SIZES, help="built-in model size (repeatable; default: tiny "
                    "and mid). 2b is the Qwen3-VL-2B architecture with random weights (4.3 GB, built once)")
     p.add_argument("--model", type=Path, help="benchmark this checkpoint directory instead of the built-in sizes")
-    p.add_argument("--figures", type=_ints, default=[f for f in FIGURES if f != 7],
-                   help="comma-separated figures to run (1-7; default 1-6: figure 7 starts a local Ray cluster)")
+    p.add_argument("--figures", type=_ints, default=[f for f in FIGURES if f != 8],
+                   help="comma-separated figures to run (default 1-6; 8, the Ray Serve path, starts a local Ray cluster)")
     p.add_argument("--trials", type=int, help="interleaved trials per subject (figures 1, 2, 5)")
     p.add_argument("--warmup", type=int, help="untimed runs of each subject before its trials")
     p.add_argument("--tokens", type=int, help="tokens generated per request (figures 1, 2, 5)")
@@ -149,7 +149,7 @@ def run(options: Options) -> tuple[list[Row], Run]:
     bench = Run(options)
     rows: list[Row] = []
     per_target = [
-        (1, figure1), (2, figure2), (3, figure3_swap), (4, figure4), (5, figure5), (6, figure6), (7, figure7),
+        (1, figure1), (2, figure2), (3, figure3_swap), (4, figure4), (5, figure5), (6, figure6), (8, figure8),
     ]
     targets: list[tuple[Path, str, str | None]] = []
     if options.model_dir is not None:
@@ -165,7 +165,7 @@ def run(options: Options) -> tuple[list[Row], Run]:
                 for number, fn in per_target:
                     if number not in options.figures:
                         continue
-                    if number in (4, 6, 7):
+                    if number in (4, 6, 8):
                         # 4: a fresh worker, one that has never run two generations at once (see figure 4);
                         # 6: runs a worker of its own: free the CPU and memory first
                         target.stop_worker()
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     options = options_from_args(args)
     bad = [f for f in options.figures if f not in FIGURES]
     if bad:
-        print(f"unknown figures {bad} (1-7)", file=sys.stderr)
+        print(f"unknown figures {bad} ({sorted(FIGURES)})", file=sys.stderr)
         return 2
     machine = machine_info(options.device)
     started = time.perf_counter()

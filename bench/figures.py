@@ -941,10 +941,10 @@ def figure6(run: Run, t: Target) -> list[Row]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 7. Ray Serve
+# 8. Ray Serve
 
 
-def figure7(run: Run, t: Target) -> list[Row]:
+def figure8(run: Run, t: Target) -> list[Row]:
     """The Ray path (a front holding no model → one Ray Serve replica with every core) beside the in-process worker,
     through the same WebSocket protocol: 1 client, then 8 clients on a mix of adapters and the base. Only one of
     the two serves at a time (trials interleaved); both have the same engine, batch rows and cores, so the ratio is
@@ -955,7 +955,7 @@ def figure7(run: Run, t: Target) -> list[Row]:
     local = t.worker()
     config = WorkerConfig(t.model_dir, device=o.device, dtype=t.dtype, store_dir=t.store_dir(), max_loaded_adapters=8,
                           max_batch_rows=o.max_batch_rows)
-    say(f"figure 7, {t.label}: starting a local Ray cluster with one replica")
+    say(f"figure 8, {t.label}: starting a local Ray cluster with one replica")
     deployment = RayDeployment(config, run.logs / f"ray-{t.model_dir.name}.log", run.tmp / "ray").start()
     assert deployment.address is not None
     front_config = WorkerConfig(t.model_dir, device=o.device, dtype=t.dtype, store_dir=t.store_dir(),
@@ -984,7 +984,7 @@ def figure7(run: Run, t: Target) -> list[Row]:
             return body
 
         subjects = {f"{name} {c}": round_of(name, c) for c in (1, clients) for name in paths}
-        interleave(run, o.concurrency_trials, subjects, f"figure 7, {t.label}")
+        interleave(run, o.concurrency_trials, subjects, f"figure 8, {t.label}")
         for c in (1, clients):
             ray_out, local_out = out[f"ray {c}"], out[f"in-process {c}"]
             expected = dict(local_out["texts"])
@@ -992,14 +992,14 @@ def figure7(run: Run, t: Target) -> list[Row]:
             same = ("outputs identical to the in-process worker per adapter" if not mismatched
                     else f"{mismatched}/{len(ray_out['texts'])} outputs differ from the in-process worker")
             if mismatched:
-                run.note(f"figure 7, {t.label}, {c} clients: {same}")
+                run.note(f"figure 8, {t.label}, {c} clients: {same}")
             who = f"{c} client{'s' if c > 1 else ''} × {o.requests_per_client} requests"
-            rows.append(ratio_row(7, f"Ray Serve, {who}: aggregate tokens/s, Ray path (front → 1 replica) ÷ "
+            rows.append(ratio_row(8, f"Ray Serve, {who}: aggregate tokens/s, Ray path (front → 1 replica) ÷ "
                                   "in-process worker", t.label, ray_out["rate"], local_out["rate"], "tok/s",
                                   note=f"{same}; {o.concurrency_tokens} tokens per request"))
             ray_ttft = sorted(x for x in ray_out["ttft"] if x is not None)
             local_ttft = sorted(x for x in local_out["ttft"] if x is not None)
-            rows.append(delta_row(7, f"Ray Serve, {who}: time to first text piece at the client, Ray path − "
+            rows.append(delta_row(8, f"Ray Serve, {who}: time to first text piece at the client, Ray path − "
                                   "in-process worker (requests paired by rank)", t.label, ray_ttft, local_ttft))
     finally:
         front.stop()

@@ -22,7 +22,7 @@ FIGURES = {
     4: "concurrency",
     5: "A/B side by side",
     6: "memory",
-    7: "Ray Serve overhead",
+    8: "Ray Serve overhead",
 }
 
 
