@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "and mid). 2b is the Qwen3-VL-2B architecture with random weights (4.3 GB, built once)")
     p.add_argument("--model", type=Path, help="benchmark this checkpoint directory instead of the built-in sizes")
     p.add_argument("--figures", type=_ints, default=[f for f in FIGURES if f != 8],
-                   help="comma-separated figures to run (default 1-6; 8, the Ray Serve path, starts a local Ray cluster)")
+                   help="comma-separated figures to run (default 1-6; 8, the Ray path, starts a local Ray cluster)")
     p.add_argument("--trials", type=int, help="interleaved trials per subject (figures 1, 2, 5)")
     p.add_argument("--warmup", type=int, help="untimed runs of each subject before its trials")
     p.add_argument("--tokens", type=int, help="tokens generated per request (figures 1, 2, 5)")
