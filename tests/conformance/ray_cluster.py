@@ -1,9 +1,10 @@
-"""One local Ray cluster per test session, with the demo model deployed as two replicas and a front in this process.
+"""One local Ray cluster for the tests of this package, with the demo model deployed as two replicas and a front
+(INFERENCE_ENGINE=ray) running in this process.
 
 The conformance target (``engine_ray.py``) and the Ray-specific tests (``test_ray.py``) share it: starting Ray and two
-replicas costs ~10 s and ~2.5 GB. ``shutdown`` (a session fixture's finalizer, and atexit as a backstop) stops the
-front, deletes the application, shuts Ray down and kills any of the cluster's processes still alive, so no raylet or
-GCS outlives the session even when a test fails.
+replicas costs ~10 s and ~2.5 GB. ``shutdown`` (the finalizer of a package fixture in ``conftest.py``; atexit as a
+backstop) stops the front, deletes the application, shuts Ray down and kills any of the cluster's processes still
+alive, so no raylet or GCS outlives the tests even when one fails.
 
 Settings that avoid the hangs ENVIRONMENT.md describes: ``address="local"`` (never a leftover cluster), no
 dashboard, ``RAY_AUTH_MODE=disabled`` (an old token file cannot turn auth on), a fresh temp dir, ``OMP_NUM_THREADS=1``
