@@ -14,6 +14,7 @@ for the replicas, half a CPU per replica and a 1 s health check.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import tempfile
@@ -133,14 +134,28 @@ def shutdown() -> None:
             serve.shutdown()
         except Exception:
             pass
+        processes = _with_descendants(cluster.pids)  # the workers (controller, replicas) are the raylet's children
         ray.shutdown()
         deadline = time.monotonic() + 10
-        alive = [pid for pid in cluster.pids if _alive(pid)]
+        alive = [pid for pid in processes if _alive(pid)]
         while alive and time.monotonic() < deadline:
             time.sleep(0.2)
             alive = [pid for pid in alive if _alive(pid)]
         for pid in alive:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _with_descendants(pids: list[int]) -> list[int]:
+    import psutil
+
+    found = set(pids)
+    for pid in pids:
+        try:
+            found.update(child.pid for child in psutil.Process(pid).children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+    return sorted(found)
 
 
 def _alive(pid: int) -> bool:
