@@ -970,7 +970,7 @@ def figure8(run: Run, t: Target) -> list[Row]:
         paths = {"in-process": local, "ray": front}
         conns = {name: [t.client(MIX[i % len(MIX)], worker=w) for i in range(clients)] for name, w in paths.items()}
         out: dict[str, dict[str, list[Any]]] = {
-            f"{name} {c}": {"rate": [], "ttft": [], "texts": []} for name in paths for c in (1, clients)}
+            f"{name} {c}": {"rate": [], "ttft": [], "texts": [], "tokens": []} for name in paths for c in (1, clients)}
 
         def round_of(name: str, c: int) -> Callable[[], None]:
             def body() -> None:
@@ -978,12 +978,28 @@ def figure8(run: Run, t: Target) -> list[Row]:
                     (lambda i=i: [conns[name][i].generate(req) for _ in range(o.requests_per_client)])  # type: ignore[misc]
                     for i in range(c)])
                 record = out[f"{name} {c}"]
-                record["rate"].append(sum(x.tokens for trials in results for x in trials) / wall)
+                tokens = sum(x.tokens for trials in results for x in trials)
+                record["rate"].append(tokens / wall)
+                record["tokens"].append(tokens)
                 record["ttft"].extend(x.ttft_piece_s for trials in results for x in trials)
                 record["texts"].extend((MIX[i % len(MIX)], x.text) for i, trials in enumerate(results) for x in trials)
             return body
 
         subjects = {f"{name} {c}": round_of(name, c) for c in (1, clients) for name in paths}
+        import psutil
+
+        assert front.proc is not None
+        front_process = psutil.Process(front.proc.pid)
+        cpu = {"s": 0.0, "tokens": 0}
+        for key in list(subjects):
+            if key.startswith("ray"):
+                def counted(body: Callable[[], None] = subjects[key], key: str = key) -> None:
+                    before, rounds = front_process.cpu_times(), len(out[key]["tokens"])
+                    body()
+                    after = front_process.cpu_times()
+                    cpu["s"] += (after.user - before.user) + (after.system - before.system)
+                    cpu["tokens"] += sum(out[key]["tokens"][rounds:])
+                subjects[key] = counted
         interleave(run, o.concurrency_trials, subjects, f"figure 8, {t.label}")
         for c in (1, clients):
             ray_out, local_out = out[f"ray {c}"], out[f"in-process {c}"]
@@ -1001,6 +1017,12 @@ def figure8(run: Run, t: Target) -> list[Row]:
             local_ttft = sorted(x for x in local_out["ttft"] if x is not None)
             rows.append(delta_row(8, f"Ray Serve, {who}: time to first text piece at the client, Ray path − "
                                   "in-process worker (requests paired by rank)", t.label, ray_ttft, local_ttft))
+        if cpu["tokens"]:
+            per_token_ms = cpu["s"] * 1000 / cpu["tokens"]
+            rows.append(Row(8, "Ray front: CPU time of the front process per streamed token (every Ray round; "
+                            "bounds what one front core can stream)", t.label, summarize([per_token_ms]), "ms",
+                            note=f"{cpu['tokens']} tokens, {cpu['s']:.1f} CPU s; one core streams at most "
+                            f"~{1000 / per_token_ms:.0f} tokens/s" if per_token_ms else ""))
     finally:
         front.stop()
         deployment.stop()
