@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -144,6 +145,7 @@ def shutdown() -> None:
         for pid in alive:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(cluster.temp_dir, ignore_errors=True)
 
 
 def _with_descendants(pids: list[int]) -> list[int]:
