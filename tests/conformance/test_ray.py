@@ -178,3 +178,21 @@ def test_readiness_follows_the_deployment(cluster, front):
     until(lambda: http_status(front, "/ready") == 200, "/ready turns 200 again", timeout=120)
     with Client(front.url) as c:
         assert c.generate(**greedy(max_tokens=8)).terminal["type"] == "done"
+
+
+def test_serve_config_builder_takes_settings_from_args():
+    """A Serve config file's args (strings) become the settings: replicas, CPUs, autoscaling bounds."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray[serve] is not installed")
+    from inference_worker.ray.replica import app_builder
+
+    fixed = app_builder({"model_name": "m", "ray_replicas": "3", "ray_cpus_per_replica": "0.5",
+                         "max_batch_rows": "4"})._bound_deployment
+    assert (fixed.name, fixed.num_replicas) == ("Replica", 3)
+    assert fixed.ray_actor_options["num_cpus"] == 0.5
+    assert fixed._deployment_config.max_ongoing_requests == 8  # twice the batch rows
+    scaled = app_builder({"model_name": "m", "ray_min_replicas": "1", "ray_max_replicas": "4"})._bound_deployment
+    autoscaling = scaled._deployment_config.autoscaling_config
+    assert (autoscaling.min_replicas, autoscaling.max_replicas) == (1, 4)
+    with pytest.raises(ValueError, match="RAY_MIN_REPLICAS"):
+        app_builder({"model_name": "m", "ray_min_replicas": "5", "ray_max_replicas": "4"})
