@@ -206,8 +206,7 @@ class Settings(StoreSettings):
         4,
         ge=1,
         validation_alias=_env("VLLM_MAX_LORAS"),
-        description="vLLM: distinct adapters in one batch; requests with further adapters wait. vLLM gets one slot "
-        "more, kept free (a base request beside a full set of adapter slots would get the last one's adapter).",
+        description="vLLM: distinct adapters in one batch (vLLM's max_loras); requests with further adapters wait.",
     )
     vllm_max_lora_rank: int = Field(
         64,
@@ -223,9 +222,9 @@ class Settings(StoreSettings):
         validation_alias=_env("VLLM_GPU_MEMORY_UTILIZATION"),
         description="vLLM on CUDA: the share of GPU memory vLLM may take (weights, activations, KV cache).",
     )
-    vllm_cpu_kv_cache_gib: float = Field(
-        1.0,
-        gt=0,
+    vllm_cpu_kv_cache_gib: int = Field(
+        1,
+        ge=1,
         validation_alias=_env("VLLM_CPU_KVCACHE_SPACE"),
         description="vLLM on CPU: GiB of KV cache (vLLM's own VLLM_CPU_KVCACHE_SPACE; its default reserves most "
         "of the machine's memory).",

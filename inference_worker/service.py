@@ -135,7 +135,7 @@ class Service:
         self.metrics.kv_cache_max_bytes.set(status.kv_cache_max_bytes)
         log.info("%s engine: up to %d requests in the batch, %d more may wait; KV cache bound %.0f MiB",
                  s.engine, status.max_running, s.max_queue_size, status.kv_cache_max_bytes / 2**20)
-        if engine.info.device == "cuda":
+        if engine.info.device == "cuda" and s.engine == "transformers":  # vLLM's memory is in its own process
             import torch
 
             self.metrics.add_cuda_memory(lambda: torch.cuda.current_device())
@@ -155,7 +155,15 @@ class Service:
         self.metrics.ready.set(1)
 
     async def _load_engine(self) -> Engine:
-        """The engine INFERENCE_ENGINE names, with its model loaded on the engine's own thread."""
+        """The engine INFERENCE_ENGINE names, with its model loaded off the event loop."""
+        if self.settings.engine == "vllm":
+            from .engines.vllm import VllmEngine
+
+            return await VllmEngine.start(self.settings, self.model_name)
+        return await self._load_transformers_engine()
+
+    async def _load_transformers_engine(self) -> Engine:
+        """The transformers engine, with its model loaded on the engine's own thread."""
         from .engines.transformers import TransformersEngine
         from .engines.transformers.model import LoadedModel, load_model, pick_device
 
@@ -210,6 +218,7 @@ class Service:
         if self.engine is not None:
             status = self.engine.status()
             self.metrics.running.set(status.running)
+            self.metrics.engine_waiting.set(status.waiting)
             self.metrics.queue_depth.set(self.admission.queued)
             self.metrics.kv_cache_bytes.set(status.kv_cache_bytes)
         return self.metrics.render()
