@@ -85,3 +85,18 @@ def test_no_import_cycle_between_the_modules_of_a_package(package):
         if name not in state:
             visit(name, [name])
     assert not cycles, cycles
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_no_package_imports_a_private_name_of_another(package):
+    wrong = []
+    for path in modules(package).values():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module):
+                continue
+            if node.module.split(".")[0] in set(ALLOWED) - {package}:
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                private += [p for p in node.module.split(".") if p.startswith("_") and not p.startswith("__")]
+                if private:
+                    wrong.append(f"{path.relative_to(ROOT)}: from {node.module} import {', '.join(private)}")
+    assert not wrong, wrong
