@@ -13,8 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from adapters.config import StoreSettings
-from checkpoints.demo import default_demo_dir
+from adapters.config import StoreSettings, default_demo_dir
 from wire import limits
 from wire.protocol import ParseLimits
 

@@ -64,7 +64,7 @@ def _python() -> str:
 
 
 def _demo_notes() -> str:
-    from adapters.__main__ import demo_store_dir
+    from adapters.config import demo_store_dir
 
     py = _python()
     return (
