@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -69,6 +70,10 @@ log = logging.getLogger(__name__)
 
 VISION_PREFIX = "model.visual."  # Qwen3-VL's vision tower (and its merger) in checkpoint and adapter names
 MAX_RATIO = 200  # Qwen's smart_resize refuses more extreme aspect ratios
+
+
+# vLLM's finish reasons as ours ("stop": an end-of-sequence token or a stop string; "abort": aborted in vLLM).
+_FINISH_REASONS: dict[str, FinishReason] = {"length": "length", "stop": "stop", "abort": "cancelled"}
 
 
 # ---- the model, read from its files (no torch model in this process) -------------------------------------------
@@ -373,7 +378,7 @@ class VllmEngine:
                             first_token_at = time.perf_counter()
                         queue.put_nowait(TextDelta(piece.text))
                     if out.finished:
-                        reason = "length" if piece.finish_reason == "length" else "stop"
+                        reason = _FINISH_REASONS.get(str(piece.finish_reason), "stop")
         except asyncio.CancelledError:
             reason = "cancelled"
         except TimeoutError:
@@ -486,6 +491,7 @@ class VllmEngine:
                 )
             if spec.embedding:
                 raise AdapterIncompatible(f"module {module}: embedding adapters are not served by the vLLM engine")
+        self._check_targets(facts)
         vision = any(m.startswith(VISION_PREFIX) for m in facts.modules)
         if vision and not self.settings.vllm_tower_lora:
             raise AdapterIncompatible(
@@ -500,6 +506,38 @@ class VllmEngine:
         info = AdapterInfo(name=name, rank=facts.rank, modules=len(facts.modules), vision=vision,
                            parameter_bytes=facts.tensor_bytes)
         return info, digest.hexdigest()
+
+    def _check_targets(self, facts: AdapterFacts) -> None:
+        """target_modules and the weights agree (PEFT's matching rule): no module selected without weights (a
+        silent no-op), no weights outside the selection."""
+        targets = facts.config.get("target_modules")
+        if targets == "all-linear" or not targets:
+            return
+        if isinstance(targets, str):
+            pattern = re.compile(targets)
+
+            def selected(module: str) -> bool:
+                return pattern.fullmatch(module) is not None
+        else:
+            names = [str(t) for t in targets]
+
+            def selected(module: str) -> bool:
+                return any(module == t or module.endswith("." + t) for t in names)
+
+        linear = [k.removesuffix(".weight") for k, shape in self.files.weights.items()
+                  if k.endswith(".weight") and len(shape) == 2]
+        targeted = {m for m in linear if selected(m)}
+        if not targeted:
+            raise AdapterIncompatible(f"none of target_modules {facts.target_modules} exist in this model")
+        stray = sorted(set(facts.modules) - targeted)
+        if stray:
+            raise AdapterIncompatible(f"the weights adapt modules outside target_modules (e.g. {stray[0]})")
+        untrained = sorted(targeted - set(facts.modules))
+        if untrained:
+            raise AdapterIncompatible(
+                f"target_modules select {len(untrained)} modules with no weights in the adapter (e.g. {untrained[0]}): "
+                "they would load as no-ops"
+            )
 
     async def remove_adapter(self, name: str) -> None:
         users = [r.request.request_id for r in self._requests.values() if r.request.adapter == name]
