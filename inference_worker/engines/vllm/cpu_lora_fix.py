@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -82,7 +83,11 @@ PLUGIN = "inference_worker_cpu_lora"  # the entry point's name (pyproject.toml)
 
 
 def installed() -> bool:
-    """Whether vLLM will load this plugin (the package is installed with its entry points)."""
+    """Whether vLLM will load this plugin: the package is installed with its entry points, and VLLM_PLUGINS, if
+    set, names it."""
     from importlib.metadata import entry_points
 
+    chosen = os.environ.get("VLLM_PLUGINS")  # vLLM loads only the plugins it names, when set
+    if chosen is not None and PLUGIN not in [name.strip() for name in chosen.split(",")]:
+        return False
     return any(e.name == PLUGIN for e in entry_points(group="vllm.general_plugins"))

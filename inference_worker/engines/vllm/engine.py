@@ -259,7 +259,8 @@ class VllmEngine:
         if device == "cpu" and not installed():
             raise RuntimeError(
                 "the inference_worker vLLM plugin is not installed in this environment (pip install --no-deps -e . "
-                "in the vLLM venv): without it, base requests batched with adapter requests get an adapter on CPU"
+                "in the vLLM venv) or VLLM_PLUGINS leaves it out: without it, base requests batched with adapter "
+                "requests get an adapter on CPU"
             )
         files = read_model_files(model_name)
         dtype = settings.torch_dtype
@@ -563,7 +564,7 @@ class VllmEngine:
             adapters=tuple(sorted(self._adapters)),
             details={
                 "engine": "vllm",
-                "kv_cache_usage": round(view.kv_cache_usage, 4),
+                "kv_cache_usage": view.kv_cache_usage,
                 "kv_bytes_per_token": self.kv_bytes_per_token,
                 "max_loras": self.settings.vllm_max_loras,
                 "max_lora_rank": self.settings.vllm_max_lora_rank,
