@@ -119,7 +119,7 @@ def test_status_and_metrics_report_vllms_scheduler(vllm):
             deadline = time.monotonic() + 30
             while True:
                 status = watcher.request({"type": "status"}, "status")
-                if status["running"] == 1 and status["kv_cache_bytes"] > 0 or time.monotonic() > deadline:
+                if (status["running"] == 1 and status["kv_cache_bytes"] > 0) or time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
             metrics = _metrics(vllm)
