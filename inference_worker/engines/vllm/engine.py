@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -587,6 +588,7 @@ class VllmEngine:
         llm, self.llm = self.llm, None
         await asyncio.to_thread(llm.shutdown)
         del llm  # its __del__ (another shutdown) runs now, not at interpreter exit when vLLM's modules are gone
+        gc.collect()
         shutil.rmtree(self._adapter_dir, ignore_errors=True)
 
 
