@@ -221,7 +221,7 @@ class Settings(StoreSettings):
         validation_alias=_env("VLLM_GPU_MEMORY_UTILIZATION"),
         description="vLLM on CUDA: the share of GPU memory vLLM may take (weights, activations, KV cache).",
     )
-    vllm_cpu_kv_cache_gib: int = Field(
+    vllm_cpu_kvcache_space: int = Field(
         1,
         ge=1,
         validation_alias=_env("VLLM_CPU_KVCACHE_SPACE"),

@@ -235,7 +235,7 @@ class VllmEngine:
         if blocks:
             self.kv_cache_max_bytes = int(blocks * cache.block_size * self.kv_bytes_per_token)
         else:
-            self.kv_cache_max_bytes = int(settings.vllm_cpu_kv_cache_gib * 2**30)
+            self.kv_cache_max_bytes = int(settings.vllm_cpu_kvcache_space * 2**30)
 
     # ---- start -----------------------------------------------------------------------------------------------
     @classmethod
@@ -246,7 +246,7 @@ class VllmEngine:
     @classmethod
     def _build(cls, settings: Settings, model_name: str) -> VllmEngine:
         started = time.perf_counter()
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.vllm_cpu_kv_cache_gib))
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.vllm_cpu_kvcache_space))
         # vLLM's engine process must not fork this (threaded, event-loop running) process.
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         from transformers import AutoTokenizer
