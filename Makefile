@@ -62,6 +62,7 @@ lint: venv
 compose-check: venv
 	$(VENV)/bin/docker-compose -f docker-compose.yml config --quiet
 	$(VENV)/bin/docker-compose -f docker-compose.yml -f docker-compose.gpu.yml config --quiet
+	$(VENV)/bin/docker-compose -f docker-compose.yml -f docker-compose.vllm.yml config --quiet
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-output
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .mypy_cache .ruff_cache test-output
