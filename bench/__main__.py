@@ -29,11 +29,12 @@ from .figures import (
     figure4,
     figure5,
     figure6,
+    figure7,
     finite,
     say,
 )
 from .models import SIZES, default_cache_dir
-from .report import FIGURES, Row, machine_info, render_markdown, write_results
+from .report import DEFAULT_FIGURES, FIGURES, Row, machine_info, render_markdown, write_results
 
 # Each preset: what a mode measures. Flags given explicitly override them.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", action="append", choices=SIZES, help="built-in model size (repeatable; default: tiny "
                    "and mid). 2b is the Qwen3-VL-2B architecture with random weights (4.3 GB, built once)")
     p.add_argument("--model", type=Path, help="benchmark this checkpoint directory instead of the built-in sizes")
-    p.add_argument("--figures", type=_ints, default=list(FIGURES), help="comma-separated figures to run (1-6)")
+    p.add_argument("--figures", type=_ints, default=list(DEFAULT_FIGURES),
+                   help="comma-separated figures to run (default 1-6; 7, the vLLM engine, needs make venv-vllm)")
     p.add_argument("--trials", type=int, help="interleaved trials per subject (figures 1, 2, 5)")
     p.add_argument("--warmup", type=int, help="untimed runs of each subject before its trials")
     p.add_argument("--tokens", type=int, help="tokens generated per request (figures 1, 2, 5)")
@@ -146,7 +148,7 @@ def run(options: Options) -> tuple[list[Row], Run]:
     bench = Run(options)
     rows: list[Row] = []
     per_target = [
-        (1, figure1), (2, figure2), (3, figure3_swap), (4, figure4), (5, figure5), (6, figure6),
+        (1, figure1), (2, figure2), (3, figure3_swap), (4, figure4), (5, figure5), (6, figure6), (7, figure7),
     ]
     targets: list[tuple[Path, str, str | None]] = []
     if options.model_dir is not None:
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     options = options_from_args(args)
     bad = [f for f in options.figures if f not in FIGURES]
     if bad:
-        print(f"unknown figures {bad} (1-6)", file=sys.stderr)
+        print(f"unknown figures {bad} (1-7)", file=sys.stderr)
         return 2
     machine = machine_info(options.device)
     started = time.perf_counter()

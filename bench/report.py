@@ -22,7 +22,9 @@ FIGURES = {
     4: "concurrency",
     5: "A/B side by side",
     6: "memory",
+    7: "vLLM engine",
 }
+DEFAULT_FIGURES = (1, 2, 3, 4, 5, 6)  # figure 7 needs the vLLM venv: asked for by number
 
 
 @dataclass

@@ -136,6 +136,35 @@ def _sampling_defaults(directory: Path) -> dict[str, Any]:
     }
 
 
+def engine_kwargs(settings: Settings, files: ModelFiles, device: str) -> dict[str, Any]:
+    """vLLM's ``AsyncEngineArgs`` from the settings (the benchmark's plain AsyncLLM uses the same)."""
+    dtype = settings.torch_dtype
+    if dtype == "auto":
+        dtype = "float32" if device == "cpu" else "auto"
+    max_len = settings.vllm_max_model_len or settings.max_prompt_tokens + settings.max_new_tokens
+    model_max = files.text_config.get("max_position_embeddings")
+    if model_max:
+        max_len = min(max_len, int(model_max))
+    return dict(
+        model=str(files.directory),
+        dtype=dtype,
+        max_model_len=max_len,
+        max_num_seqs=settings.batch_rows_for(device),
+        enable_lora=True,
+        max_loras=settings.vllm_max_loras,
+        max_lora_rank=settings.vllm_max_lora_rank,
+        max_cpu_loras=max(settings.max_loaded_adapters + 1, settings.vllm_max_loras),
+        enable_tower_connector_lora=settings.vllm_tower_lora,
+        gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+        enforce_eager=settings.vllm_enforce_eager,
+        limit_mm_per_prompt={"image": settings.max_images_per_request, "video": 0} if files.vision else None,
+        mm_processor_kwargs={"size": {"shortest_edge": settings.image_min_pixels,
+                                      "longest_edge": settings.image_max_pixels}} if files.vision else None,
+        disable_log_stats=True,
+        seed=0,
+    )
+
+
 # ---- images -----------------------------------------------------------------------------------------------------
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
     """Qwen's resize rule (qwen-vl-utils, which the transformers engine uses): sides divisible by ``factor``,
@@ -222,7 +251,6 @@ class VllmEngine:
                                          sampling_defaults=_sampling_defaults(files.directory))
         vision = files.config.get("vision_config") or {}
         self._image_factor = int(vision.get("patch_size", 16)) * int(vision.get("spatial_merge_size", 2))
-        self._image_pad = "<|image_pad|>"
         self._requests: dict[str, _Request] = {}
         self._adapters: dict[str, _Adapter] = {}
         self._lora_ids: dict[str, int] = {}  # content digest → LoRARequest id, stable for the process
@@ -264,33 +292,9 @@ class VllmEngine:
                 "requests get an adapter on CPU"
             )
         files = read_model_files(model_name)
-        dtype = settings.torch_dtype
-        if dtype == "auto":
-            dtype = "float32" if device == "cpu" else "auto"
         max_running = settings.batch_rows_for(device)
-        max_len = settings.vllm_max_model_len or settings.max_prompt_tokens + settings.max_new_tokens
-        model_max = files.text_config.get("max_position_embeddings")
-        if model_max:
-            max_len = min(max_len, int(model_max))
         view = _SchedulerView()
-        args = AsyncEngineArgs(
-            model=str(files.directory),
-            dtype=dtype,
-            max_model_len=max_len,
-            max_num_seqs=max_running,
-            enable_lora=True,
-            max_loras=settings.vllm_max_loras,
-            max_lora_rank=settings.vllm_max_lora_rank,
-            max_cpu_loras=max(settings.max_loaded_adapters + 1, settings.vllm_max_loras),
-            enable_tower_connector_lora=settings.vllm_tower_lora,
-            gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
-            enforce_eager=settings.vllm_enforce_eager,
-            limit_mm_per_prompt={"image": settings.max_images_per_request, "video": 0} if files.vision else None,
-            mm_processor_kwargs={"size": {"shortest_edge": settings.image_min_pixels,
-                                          "longest_edge": settings.image_max_pixels}} if files.vision else None,
-            disable_log_stats=True,
-            seed=0,
-        )
+        args = AsyncEngineArgs(**engine_kwargs(settings, files, device))
         llm = AsyncLLM.from_engine_args(args, stat_loggers=[_stat_logger_factory(view)])
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(files.directory))
@@ -402,40 +406,11 @@ class VllmEngine:
         ))
 
     def _prompt(self, turns: tuple[ChatTurn, ...]) -> tuple[dict[str, Any], int]:
-        """The chat template over the turns, images resized as the transformers engine resizes them. Blocking: a
-        worker thread. Returns vLLM's prompt and its length in tokens (image tokens included), checked against
-        MAX_PROMPT_TOKENS before any computation."""
+        """vLLM's prompt for the turns and its length (blocking: a worker thread)."""
         s = self.settings
-        messages: list[dict[str, Any]] = []
-        images: list[Any] = []
-        image_tokens = 0
-        for turn in turns:
-            if turn.images and not self.files.vision:
-                raise InputError(f"{self.info.name} is a text-only model: it cannot read images",
-                                 code=ErrorCode.IMAGES_NOT_SUPPORTED)
-            if self.files.vision:
-                content: list[dict[str, Any]] = [{"type": "image"} for _ in turn.images]
-                if turn.text or not content:
-                    content.append({"type": "text", "text": turn.text})
-                messages.append({"role": turn.role, "content": content})
-            else:
-                messages.append({"role": turn.role, "content": turn.text})
-            for image in turn.images:
-                width, height = image.size
-                h, w = smart_resize(height, width, self._image_factor, s.image_min_pixels, s.image_max_pixels)
-                if (w, h) != (width, height):
-                    image = image.resize((w, h))
-                images.append(image)
-                image_tokens += (h // self._image_factor) * (w // self._image_factor)
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) - len(images) + image_tokens
-        if length > s.max_prompt_tokens:
-            raise InputError(f"prompt is {length} tokens (images included), over the limit of {s.max_prompt_tokens}",
-                             code=ErrorCode.PROMPT_TOO_LONG)
-        prompt: dict[str, Any] = {"prompt": text}
-        if images:
-            prompt["multi_modal_data"] = {"image": images}
-        return prompt, length
+        return chat_prompt(self.tokenizer, turns, vision=self.files.vision, model=self.info.name,
+                           image_factor=self._image_factor, min_pixels=s.image_min_pixels,
+                           max_pixels=s.image_max_pixels, max_prompt_tokens=s.max_prompt_tokens)
 
     # ---- adapters --------------------------------------------------------------------------------------------
     async def add_adapter(self, name: str, facts: Any) -> AdapterInfo:
@@ -590,6 +565,43 @@ class VllmEngine:
         del llm  # its __del__ (another shutdown) runs now, not at interpreter exit when vLLM's modules are gone
         gc.collect()
         shutil.rmtree(self._adapter_dir, ignore_errors=True)
+
+
+def chat_prompt(tokenizer: Any, turns: tuple[ChatTurn, ...], *, vision: bool, model: str, image_factor: int,
+                min_pixels: int, max_pixels: int, max_prompt_tokens: int) -> tuple[dict[str, Any], int]:
+    """The chat template over the turns, images resized as the transformers engine resizes them (Qwen's
+    ``smart_resize``). Returns vLLM's prompt and its length in tokens, image tokens included, refused over
+    ``max_prompt_tokens`` (prompt_too_long) before any computation."""
+    messages: list[dict[str, Any]] = []
+    images: list[Any] = []
+    image_tokens = 0
+    for turn in turns:
+        if turn.images and not vision:
+            raise InputError(f"{model} is a text-only model: it cannot read images",
+                             code=ErrorCode.IMAGES_NOT_SUPPORTED)
+        if vision:
+            content: list[dict[str, Any]] = [{"type": "image"} for _ in turn.images]
+            if turn.text or not content:
+                content.append({"type": "text", "text": turn.text})
+            messages.append({"role": turn.role, "content": content})
+        else:
+            messages.append({"role": turn.role, "content": turn.text})
+        for image in turn.images:
+            width, height = image.size
+            h, w = smart_resize(height, width, image_factor, min_pixels, max_pixels)
+            if (w, h) != (width, height):
+                image = image.resize((w, h))
+            images.append(image)
+            image_tokens += (h // image_factor) * (w // image_factor)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    length = len(tokenizer(text, add_special_tokens=False)["input_ids"]) - len(images) + image_tokens
+    if length > max_prompt_tokens:
+        raise InputError(f"prompt is {length} tokens (images included), over the limit of {max_prompt_tokens}",
+                         code=ErrorCode.PROMPT_TOO_LONG)
+    prompt: dict[str, Any] = {"prompt": text}
+    if images:
+        prompt["multi_modal_data"] = {"image": images}
+    return prompt, length
 
 
 def _copy_adapter(source: Path, directory: Path) -> None:
