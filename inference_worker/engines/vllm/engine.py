@@ -274,7 +274,8 @@ class VllmEngine:
     @classmethod
     def _build(cls, settings: Settings, model_name: str) -> VllmEngine:
         started = time.perf_counter()
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.vllm_cpu_kvcache_space))
+        # vLLM reads its CPU KV cache size from the environment (the setting already holds the variable or the flag).
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.vllm_cpu_kvcache_space)
         # vLLM's engine process must not fork this (threaded, event-loop running) process.
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         from transformers import AutoTokenizer
