@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pydantic import ValidationError
 from wire.errors import AdapterInvalid, ServiceError
 
 from .archive import extract_adapter
-from .config import StoreSettings
+from .config import StoreSettings, demo_store_dir
 from .factory import open_stores
 from .manifest import MANIFEST_FILE, Manifest, adapter_files
 from .store import AdapterStore, Progress
@@ -184,13 +183,6 @@ def cmd_rm(store: AdapterStore, args: argparse.Namespace) -> str:
 COMMANDS: dict[str, Callable[[AdapterStore, argparse.Namespace], str]] = {
     "push": cmd_push, "list": cmd_list, "pull": cmd_pull, "verify": cmd_verify, "rm": cmd_rm,
 }
-
-
-def demo_store_dir() -> Path:
-    """The store the demo worker serves: ``INFERENCE_DEMO_DIR``'s (the worker's setting) ``adapters`` directory."""
-    from checkpoints.demo import DemoPaths, default_demo_dir
-
-    return DemoPaths(Path(os.environ.get("INFERENCE_DEMO_DIR") or default_demo_dir())).store_dir
 
 
 def main(argv: list[str] | None = None) -> int:

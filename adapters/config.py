@@ -14,9 +14,29 @@ from .refs import S3_BUCKET
 GiB = 1024**3
 
 
-def _default_cache_dir() -> Path:
+def cache_dir(name: str) -> Path:
+    """``$XDG_CACHE_HOME/inference-worker/<name>`` (``~/.cache`` without it): the project's caches (the adapter cache,
+    built checkpoints, the offline demo)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "inference-worker" / "adapter-cache"
+    return Path(base) / "inference-worker" / name
+
+
+def _default_cache_dir() -> Path:
+    return cache_dir("adapter-cache")
+
+
+def default_demo_dir() -> Path:
+    """INFERENCE_DEMO_DIR's default: where the offline demo (``checkpoints.demo``) keeps its model and store."""
+    return cache_dir("demo")
+
+
+def demo_store_dir(demo_dir: Path | None = None) -> Path:
+    """The offline demo's adapter store inside its directory (by default INFERENCE_DEMO_DIR, the worker's setting, or
+    its default): what ``make demo`` serves and the adapter CLI's ``--demo`` opens. It is defined here, below the demo
+    builder (``checkpoints.demo``), so that the adapter CLI finds it without depending on ``checkpoints``."""
+    if demo_dir is None:
+        demo_dir = Path(os.environ.get("INFERENCE_DEMO_DIR") or default_demo_dir())
+    return demo_dir / "adapters"
 
 
 def _check_bucket(name: str) -> str:

@@ -43,6 +43,11 @@ _KEY = re.compile(
     r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B)\.weight$|^(?P<emodule>.+)\.(?P<ekind>lora_embedding_[AB])$"
 )
 PEFT_PREFIX = "base_model.model."  # of every module name in an adapter's weights (PEFT's wrapper)
+# LoraConfig fields that change what an adapter computes beyond plain LoRA: the engines refuse them, with the field
+# named.
+REFUSED_CONFIG_FIELDS = ("use_dora", "lora_bias", "target_parameters", "layer_replication", "trainable_token_indices",
+                         "use_qalora", "megatron_config", "alora_invocation_tokens", "arrow_config", "modules_to_save",
+                         "target_modules_to_tie", "fan_in_fan_out")
 
 
 @dataclass(frozen=True)

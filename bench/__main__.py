@@ -30,12 +30,13 @@ from .figures import (
     figure4,
     figure5,
     figure6,
+    figure7,
     figure8,
     finite,
     say,
 )
 from .models import SIZES, default_cache_dir
-from .report import FIGURES, Row, machine_info, render_markdown, write_results
+from .report import DEFAULT_FIGURES, FIGURES, Row, machine_info, render_markdown, write_results
 
 # Each preset: what a mode measures. Flags given explicitly override them.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -70,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", action="append", choices=SIZES, help="built-in model size (repeatable; default: tiny "
                    "and mid). 2b is the Qwen3-VL-2B architecture with random weights (4.3 GB, built once)")
     p.add_argument("--model", type=Path, help="benchmark this checkpoint directory instead of the built-in sizes")
-    p.add_argument("--figures", type=_ints, default=[f for f in FIGURES if f != 8],
-                   help="comma-separated figures to run (default 1-6; 8, the Ray path, starts a local Ray cluster)")
+    p.add_argument("--figures", type=_ints, default=list(DEFAULT_FIGURES),
+                   help="figures to run, comma-separated (default 1-6; 7 needs make venv-vllm; 8 starts a Ray cluster)")
     p.add_argument("--trials", type=int, help="interleaved trials per subject (figures 1, 2, 5)")
     p.add_argument("--warmup", type=int, help="untimed runs of each subject before its trials")
     p.add_argument("--tokens", type=int, help="tokens generated per request (figures 1, 2, 5)")
@@ -149,7 +150,8 @@ def run(options: Options) -> tuple[list[Row], Run]:
     bench = Run(options)
     rows: list[Row] = []
     per_target = [
-        (1, figure1), (2, figure2), (3, figure3_swap), (4, figure4), (5, figure5), (6, figure6), (8, figure8),
+        (1, figure1), (2, figure2), (3, figure3_swap), (4, figure4), (5, figure5), (6, figure6), (7, figure7),
+        (8, figure8),
     ]
     targets: list[tuple[Path, str, str | None]] = []
     if options.model_dir is not None:

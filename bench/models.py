@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapters.config import cache_dir
 from checkpoints.build import (
     BUILDER_VERSION,
     TEXT_TARGETS,
@@ -34,7 +35,6 @@ from checkpoints.build import (
     load_for_building,
     write_config_adapter,
 )
-from checkpoints.demo import cache_dir
 
 log = logging.getLogger(__name__)
 

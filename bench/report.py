@@ -22,8 +22,10 @@ FIGURES = {
     4: "concurrency",
     5: "A/B side by side",
     6: "memory",
+    7: "vLLM engine",
     8: "Ray Serve overhead",
 }
+DEFAULT_FIGURES = (1, 2, 3, 4, 5, 6)  # 7 needs the vLLM venv, 8 starts a Ray cluster: asked for by number
 
 
 @dataclass

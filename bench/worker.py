@@ -44,6 +44,7 @@ class WorkerConfig:
     cache_dir: Path | None = None  # ADAPTER_CACHE_DIR
     env: dict[str, str] = field(default_factory=dict)  # more settings, as environment variables
     source_dir: Path = ROOT  # the checkout whose worker runs (another one: a previous version, side by side)
+    python: Path | None = None  # the interpreter (another venv's, e.g. the vLLM one; None: this one)
 
 
 class WorkerProcess:
@@ -66,7 +67,7 @@ class WorkerProcess:
     def start(self, timeout: float = 600) -> WorkerProcess:
         c = self.config
         args = [
-            sys.executable, "-m", "inference_worker",
+            str(c.python or sys.executable), "-m", "inference_worker",
             "--model-name", str(c.model_dir), "--host", "127.0.0.1", "--port", str(self.port),
             "--log-level", "warning", "--device", c.device, "--torch-dtype", c.dtype,
             "--max-loaded-adapters", str(c.max_loaded_adapters),
@@ -82,6 +83,8 @@ class WorkerProcess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
                "SHUTDOWN_NOTICE_S": "0",  # no load balancer to give notice to
                **c.s3, **c.env}
+        if c.python is not None:  # another venv runs this checkout
+            env["PYTHONPATH"] = str(c.source_dir)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(args, cwd=c.source_dir, env=env, stdout=log, stderr=subprocess.STDOUT)

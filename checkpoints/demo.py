@@ -10,27 +10,17 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from adapters.config import demo_store_dir
+
 from .build import BUILDER_VERSION, build_lora_adapter, build_vl_checkpoint, load_for_building
 
 log = logging.getLogger(__name__)
-
-
-def cache_dir(name: str) -> Path:
-    """``$XDG_CACHE_HOME/inference-worker/<name>`` (``~/.cache`` without it): where built checkpoints are kept."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "inference-worker" / name
-
-
-def default_demo_dir() -> Path:
-    """INFERENCE_DEMO_DIR's default (the adapter CLI's ``--demo`` finds the demo's store with it too)."""
-    return cache_dir("demo")
 
 
 @dataclass
@@ -43,7 +33,7 @@ class DemoPaths:
 
     def __post_init__(self) -> None:
         self.model_dir = self.root / "model"
-        self.store_dir = self.root / "adapters"
+        self.store_dir = demo_store_dir(self.root)
 
 
 @dataclass(frozen=True)

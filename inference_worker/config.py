@@ -13,8 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from adapters.config import StoreSettings
-from checkpoints.demo import default_demo_dir
+from adapters.config import StoreSettings, default_demo_dir
 from wire import limits
 from wire.protocol import ParseLimits
 
@@ -123,12 +122,13 @@ class Settings(StoreSettings):
     max_prompt_tokens: int = Field(
         16384, ge=1, validation_alias=_env("MAX_PROMPT_TOKENS"), description="Longest prompt (image tokens included)."
     )
-    engine: Literal["transformers", "ray"] = Field(
+    engine: Literal["transformers", "vllm", "ray"] = Field(
         "transformers",
         validation_alias=_env("INFERENCE_ENGINE"),
-        description="The engine behind the protocol: transformers (in-process, continuous batching) or ray (this "
-        "process holds no model: requests go to the replicas of a Ray Serve deployment, python -m "
-        "inference_worker.ray).",
+        description="The engine behind the protocol: transformers (in-process, continuous batching), vllm "
+        "(vLLM's AsyncLLM in-process: paged attention, fused LoRA kernels; needs the worker to run in .venv-vllm, "
+        "make venv-vllm) or ray (this process holds no model: requests go to the replicas of a Ray Serve "
+        "deployment, python -m inference_worker.ray).",
     )
     max_batch_rows: int | None = Field(
         None,
@@ -192,6 +192,53 @@ class Settings(StoreSettings):
         ge=1,
         validation_alias=_env("MAX_CONTENT_PARTS"),
         description="Content parts (text and image) per request, all messages together.",
+    )
+
+    # ---- the vLLM engine (INFERENCE_ENGINE=vllm) -----------------------------------------------------------------
+    vllm_max_model_len: int | None = Field(
+        None,
+        ge=16,
+        validation_alias=_env("VLLM_MAX_MODEL_LEN"),
+        description="vLLM: longest sequence (prompt + max_tokens). Unset: MAX_PROMPT_TOKENS + MAX_NEW_TOKENS, capped "
+        "by the model's own maximum.",
+    )
+    vllm_max_loras: int = Field(
+        4,
+        ge=1,
+        validation_alias=_env("VLLM_MAX_LORAS"),
+        description="vLLM: distinct adapters in one batch (vLLM's max_loras); requests with further adapters wait.",
+    )
+    vllm_max_lora_rank: int = Field(
+        64,
+        ge=1,
+        validation_alias=_env("VLLM_MAX_LORA_RANK"),
+        description="vLLM: largest adapter rank (memory is reserved for it per slot); a higher rank is refused at "
+        "load. vLLM accepts 1, 8, 16, 32, 64, 128, 256, 320, 512.",
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        0.85,
+        gt=0,
+        le=1,
+        validation_alias=_env("VLLM_GPU_MEMORY_UTILIZATION"),
+        description="vLLM on CUDA: the share of GPU memory vLLM may take (weights, activations, KV cache).",
+    )
+    vllm_cpu_kvcache_space: int = Field(
+        1,
+        ge=1,
+        validation_alias=_env("VLLM_CPU_KVCACHE_SPACE"),
+        description="vLLM on CPU: GiB of KV cache (vLLM's own VLLM_CPU_KVCACHE_SPACE; its default reserves most "
+        "of the machine's memory).",
+    )
+    vllm_enforce_eager: bool = Field(
+        False,
+        validation_alias=_env("VLLM_ENFORCE_EAGER"),
+        description="vLLM: no CUDA graphs and no torch.compile (faster start, slower decoding).",
+    )
+    vllm_tower_lora: bool = Field(
+        False,
+        validation_alias=_env("VLLM_TOWER_LORA"),
+        description="vLLM: serve adapters that adapt the vision tower (vLLM's experimental "
+        "enable_tower_connector_lora); off: loading one is refused with adapter_incompatible.",
     )
 
     # ---- Ray Serve (INFERENCE_ENGINE=ray, python -m inference_worker.ray) ------------------------------------------

@@ -137,7 +137,7 @@ class Service:
                  s.engine, status.max_running, s.max_queue_size, status.kv_cache_max_bytes / 2**20)
         if s.engine == "ray":
             self.metrics.add_replicas(lambda: engine.status().details.get("replicas", []))
-        elif engine.info.device == "cuda":
+        elif engine.info.device == "cuda" and s.engine == "transformers":  # vLLM's memory is in its own process
             import torch
 
             self.metrics.add_cuda_memory(lambda: torch.cuda.current_device())
@@ -157,11 +157,19 @@ class Service:
         self.metrics.ready.set(1)
 
     async def _load_engine(self) -> Engine:
-        """The engine INFERENCE_ENGINE names, with its model loaded on the engine's own thread."""
+        """The engine INFERENCE_ENGINE names, with its model loaded off the event loop."""
+        if self.settings.engine == "vllm":
+            from .engines.vllm import VllmEngine
+
+            return await VllmEngine.start(self.settings, self.model_name)
         if self.settings.engine == "ray":  # the model lives in the replicas of a Ray Serve deployment
             from .ray.engine import RayEngine
 
             return await RayEngine.connect(self.settings)
+        return await self._load_transformers_engine()
+
+    async def _load_transformers_engine(self) -> Engine:
+        """The transformers engine, with its model loaded on the engine's own thread."""
         from .engines.transformers import TransformersEngine
         from .engines.transformers.model import LoadedModel, load_model, pick_device
 
@@ -221,6 +229,7 @@ class Service:
         if self.engine is not None:
             status = self.engine.status()
             self.metrics.running.set(status.running)
+            self.metrics.engine_waiting.set(status.waiting)
             self.metrics.queue_depth.set(self.admission.queued)
             self.metrics.kv_cache_bytes.set(status.kv_cache_bytes)
         return self.metrics.render()

@@ -16,6 +16,7 @@ from inference_worker.config import Settings
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 GPU = ROOT / "docker-compose.gpu.yml"
+VLLM = ROOT / "docker-compose.vllm.yml"
 DOCKER_COMPOSE = Path(sys.executable).parent / "docker-compose"
 
 
@@ -27,6 +28,7 @@ def compose(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("files", [
     ["-f", "docker-compose.yml"],
     ["-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml"],
+    ["-f", "docker-compose.yml", "-f", "docker-compose.vllm.yml"],
     ["-f", "docker-compose.yml", "--profile", "tools"],
     ["-f", "docker-compose.yml", "--profile", "ray"],
 ])
@@ -63,9 +65,24 @@ def test_the_stack_has_the_four_services_wired():
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
 
 
+def test_vllm_override_runs_the_worker_on_vllm_on_a_gpu():
+    """docker-compose.vllm.yml: the worker from the vLLM image with INFERENCE_ENGINE=vllm on CUDA, an NVIDIA GPU
+    reserved, shared memory for vLLM's processes; its variables are real settings."""
+    worker = yaml.safe_load(VLLM.read_text())["services"]["inference-worker"]
+    assert worker["build"]["dockerfile"] == "docker/worker-vllm.Dockerfile"
+    assert worker["environment"]["INFERENCE_ENGINE"] == "vllm" and worker["environment"]["DEVICE"] == "cuda"
+    assert worker["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    assert worker["ipc"] == "host"
+    known = {Settings.env_name(f) for f in Settings.model_fields}
+    assert set(worker["environment"]) <= known, set(worker["environment"]) - known
+    dockerfile = (ROOT / worker["build"]["dockerfile"]).read_text()
+    assert "requirements/vllm.txt" in dockerfile and "pip install --no-deps ." in dockerfile
+
+
 def test_every_referenced_file_exists():
     """Dockerfiles, their COPY sources and bind-mount sources exist (compose config does not check these)."""
-    for name, svc in services().items():
+    vllm = yaml.safe_load(VLLM.read_text())["services"]["inference-worker"]
+    for name, svc in [*services().items(), ("inference-worker (vllm)", vllm)]:
         build = svc.get("build")
         if build:
             dockerfile = ROOT / build["context"] / build["dockerfile"]
@@ -115,12 +132,13 @@ def test_the_ray_profile_has_a_head_a_worker_node_the_deployment_and_a_front():
 def test_readme_matches_compose():
     """The README names every variable compose uses and the same ports."""
     readme = (ROOT / "README.md").read_text()
-    text = COMPOSE.read_text() + GPU.read_text()
+    text = COMPOSE.read_text() + GPU.read_text() + VLLM.read_text()
     for var in sorted(set(re.findall(r"\$\{([A-Z_]+)", text))):
         assert f"`{var}`" in readme, var
     for port in ("8765", "8501", "9000", "9001"):
         assert port in readme, port
     assert "docker compose -f docker-compose.yml -f docker-compose.gpu.yml up" in readme
+    assert "docker compose -f docker-compose.yml -f docker-compose.vllm.yml up" in readme
     assert "docker compose --profile tools run --rm adapters push" in readme
 
 

@@ -64,7 +64,7 @@ def _python() -> str:
 
 
 def _demo_notes() -> str:
-    from adapters.__main__ import demo_store_dir
+    from adapters.config import demo_store_dir
 
     py = _python()
     return (
@@ -72,6 +72,22 @@ def _demo_notes() -> str:
         f"  adapters    {py} -m adapters --demo list   (the demo's store, {demo_store_dir()})\n"
         f"              {py} -m adapters --demo push DIR NAME   publishes one the running worker can load\n"
     )
+
+
+def _vllm_worker(env: dict[str, str], *, demo: bool) -> tuple[str, dict[str, str]]:
+    """INFERENCE_ENGINE=vllm: the worker runs in the vLLM venv (VLLM_VENV, default .venv-vllm; make venv-vllm), with
+    this checkout on its path. The demo is built here first (its builder needs PEFT, which that venv lacks)."""
+    venv = Path(env.get("VLLM_VENV") or ROOT / ".venv-vllm")
+    python = venv / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"INFERENCE_ENGINE=vllm needs the vLLM venv ({venv}): run make venv-vllm")
+    if demo:
+        from checkpoints.demo import ensure_demo
+        from inference_worker.config import Settings
+
+        ensure_demo(Settings().demo_dir)
+    path = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    return str(python), {**env, "PYTHONPATH": path, "VLLM_CPU_KVCACHE_SPACE": env.get("VLLM_CPU_KVCACHE_SPACE", "1")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    worker_cmd = [sys.executable, "-m", "inference_worker", "--host", args.host, "--port", str(args.worker_port)]
+    worker_python = sys.executable
+    if os.environ.get("INFERENCE_ENGINE") == "vllm":
+        worker_python, env = _vllm_worker(env, demo=args.demo)
+    worker_cmd = [worker_python, "-m", "inference_worker", "--host", args.host, "--port", str(args.worker_port)]
     worker_cmd += ["--demo"] if args.demo else ["--model-name", args.model]
     if "SHUTDOWN_NOTICE_S" not in os.environ:  # no load balancer in front: Ctrl-C stops at once
         worker_cmd += ["--shutdown-notice-s", "0"]

@@ -20,8 +20,9 @@ Failures are typed and carry a stable ``code`` and ``retryable``: :class:`Worker
 before sending, or ``message_too_big``) and :class:`BadFrame` (the worker sent something outside the protocol). The
 codes the client finds itself are :class:`ClientCode`; the worker's are :class:`wire.errors.ErrorCode`.
 
-The parts: :mod:`.errors` (the error hierarchy), :mod:`.messages` (building and checking requests), this module (the
-connection, reply routing and the API) and :mod:`.__main__`, the command line: ``python -m playground.client --image
+The parts: :mod:`.errors` (the error hierarchy), :mod:`.messages` (building and checking requests), :mod:`.routing`
+(one connection and the requests waiting on it: which reply answers which request), this module (connecting, the
+API) and :mod:`.__main__`, the command line: ``python -m playground.client --image
 diagram.png [--adapter NAME] [--url ws://...] "prompt"`` streams the answer to stdout and prints timings to stderr
 (see ``--help``); ``--image process.bpmn`` (or any diagram source :mod:`diagrams` draws) is rendered as a PNG first.
 """
@@ -30,17 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
-from websockets.protocol import State
 
 from wire.errors import ErrorCode
 from wire.protocol import (
@@ -53,7 +51,6 @@ from wire.protocol import (
     Error,
     Status,
     Token,
-    parse_server_message,
 )
 
 from .errors import (
@@ -79,6 +76,7 @@ from .messages import (
     new_session_id,
     user_message,
 )
+from .routing import Connection
 
 __all__ = [
     "DEFAULT_URL", "EXIT_FAILED", "EXIT_RETRY", "EXIT_USAGE", "UNSET", "BadFrame", "ClientCode", "InvalidRequest",
@@ -89,54 +87,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "ws://localhost:8765"
-
-
-class _Connection:
-    """One WebSocket and the requests waiting on it (all of them fail together when it closes).
-
-    A generation's replies carry its ``session_id``; every other request is sent with a ``request_id`` of its own,
-    which the worker echoes on every reply to it.
-    """
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.streams: dict[str, asyncio.Queue[Any]] = {}  # by session_id
-        self.loads: dict[str, asyncio.Queue[Any]] = {}  # by request_id
-        self.waiters: dict[str, asyncio.Future[Any]] = {}  # by request_id, in the order they were sent
-        self.reader: asyncio.Task[None] | None = None
-        self.error: PlaygroundError | None = None
-        self._ids = itertools.count(1)
-
-    def new_request_id(self) -> str:
-        return str(next(self._ids))
-
-    @property
-    def open(self) -> bool:
-        return self.error is None and self.ws.state is State.OPEN
-
-    def fail(self, error: PlaygroundError) -> None:
-        self.error = error
-        for queue in [*self.streams.values(), *self.loads.values()]:
-            queue.put_nowait(error)
-        for future in self.waiters.values():
-            if not future.done():
-                future.set_exception(error.copy())
-        self.streams.clear()
-        self.loads.clear()
-        self.waiters.clear()
-
-    def resolve(self, request_id: str | None, value: Any) -> bool:
-        """Answer the request sent with ``request_id`` (``None``: the oldest one waiting); False when none waits."""
-        if request_id is None:
-            request_id = next((rid for rid, future in self.waiters.items() if not future.done()), None)
-        future = self.waiters.pop(request_id, None) if request_id is not None else None
-        if future is None or future.done():
-            return False
-        if isinstance(value, BaseException):
-            future.set_exception(value)
-        else:
-            future.set_result(value)
-        return True
 
 
 class WorkerClient:
@@ -152,7 +102,7 @@ class WorkerClient:
         self.open_timeout = open_timeout
         self.reply_timeout = reply_timeout
         self.connections_opened = 0
-        self._conn: _Connection | None = None
+        self._conn: Connection | None = None
         self._lock = asyncio.Lock()
 
     async def __aenter__(self) -> WorkerClient:
@@ -280,7 +230,7 @@ class WorkerClient:
             conn.fail(WorkerUnavailable(ClientCode.DISCONNECTED, "the client was closed"))
 
     # ---- connection --------------------------------------------------------------------------------------------
-    async def _connection(self) -> _Connection:
+    async def _connection(self) -> Connection:
         conn = self._conn
         if conn is not None and conn.open:
             return conn
@@ -291,7 +241,7 @@ class WorkerClient:
             if conn is not None:
                 await self.close()
             ws = await self._open()
-            conn = _Connection(ws)
+            conn = Connection(ws)
             conn.reader = asyncio.create_task(self._read(conn), name="worker-client-reader")
             self._conn = conn
             self.connections_opened += 1
@@ -323,14 +273,14 @@ class WorkerClient:
             raise WorkerUnavailable(ClientCode.HANDSHAKE_FAILED, f"{where} refused the WebSocket handshake: {exc}",
                                     retryable=True) from None
 
-    async def _send(self, conn: _Connection, frame: str) -> None:
+    async def _send(self, conn: Connection, frame: str) -> None:
         try:
             await conn.ws.send(frame)
         except ConnectionClosed:
             await self._wait_reader(conn)
             raise (conn.error or closed_error(self.url, conn.ws)).copy() from None
 
-    async def _wait_reader(self, conn: _Connection) -> None:
+    async def _wait_reader(self, conn: Connection) -> None:
         if conn.reader is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(conn.reader), 5)
@@ -350,10 +300,10 @@ class WorkerClient:
         finally:
             conn.waiters.pop(request_id, None)
 
-    async def _read(self, conn: _Connection) -> None:
+    async def _read(self, conn: Connection) -> None:
         try:
             async for frame in conn.ws:
-                self._route(conn, frame)
+                conn.route(frame)
         except ConnectionClosed:
             pass
         except Exception as exc:  # a bug in routing must not leave requests waiting forever
@@ -362,56 +312,3 @@ class WorkerClient:
         finally:
             if conn.error is None:
                 conn.fail(closed_error(self.url, conn.ws))
-
-    def _route(self, conn: _Connection, frame: str | bytes) -> None:
-        if isinstance(frame, bytes):
-            log.warning("ignoring a binary frame from the worker (the protocol has none)")
-            return
-        try:
-            message = parse_server_message(frame)
-        except ValidationError as exc:
-            self._route_bad_frame(conn, frame, exc)
-            return
-        if isinstance(message, Token | Done):
-            self._to_stream(conn, message.session_id, message)
-        elif isinstance(message, Error) and message.session_id is not None:
-            if message.code == ErrorCode.UNKNOWN_SESSION:
-                # The answer to a cancel that came too late: the generation's own done is (or was) on its way.
-                log.debug("cancel of %s came after its end", message.session_id)
-            else:
-                self._to_stream(conn, message.session_id, message)
-        elif message.request_id in conn.loads:
-            conn.loads[message.request_id].put_nowait(message)
-            if not isinstance(message, AdapterProgress):  # the load's last message
-                del conn.loads[message.request_id]
-        elif isinstance(message, Error):
-            # A failed status or list_adapters, or (without a request_id) a request the worker could not parse.
-            error = WorkerError.from_message(message)
-            if not conn.resolve(message.request_id, error):
-                log.log(logging.DEBUG if message.request_id else logging.WARNING,
-                        "an error from the worker that no request waits for: %s", error)
-        elif message.request_id is None or not conn.resolve(message.request_id, message):
-            log.debug("a %s reply that no request waits for (it timed out)", message.type)
-
-    @staticmethod
-    def _to_stream(conn: _Connection, session_id: str, message: Any) -> None:
-        queue = conn.streams.get(session_id)
-        if queue is not None:
-            queue.put_nowait(message)
-
-    def _route_bad_frame(self, conn: _Connection, frame: str, exc: ValidationError) -> None:
-        error = BadFrame(ClientCode.BAD_FRAME, f"the worker sent a frame outside the protocol: {frame[:200]!r} "
-                                               f"({exc.error_count()} validation errors)")
-        log.warning("%s", error)
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            data = json.loads(frame)
-            session_id, request_id = data.get("session_id"), data.get("request_id")
-            if session_id in conn.streams:
-                conn.streams[session_id].put_nowait(error)
-                return
-            if request_id in conn.loads:
-                conn.loads.pop(request_id).put_nowait(error)
-                return
-            if conn.resolve(request_id, error):
-                return
-        conn.resolve(None, error)

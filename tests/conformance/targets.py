@@ -29,7 +29,7 @@ from inference_worker.config import Settings
 from ..conftest import worker_settings
 
 # Every engine the worker has, in the order the suite runs them (one engine up at a time).
-ENGINES: tuple[str, ...] = ("transformers", "ray")
+ENGINES: tuple[str, ...] = ("transformers", "vllm", "ray")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from playground.store import HistoryStore
 from wire.protocol import Done
 
 from ..conftest import worker_settings
-from ..helpers import Client, image_b64, image_message
+from ..helpers import Client, greedy
 from .conftest import APP, diagram_set
 
 MAX_NEW_TOKENS = 256  # not the worker's default: the controls must take the limit from the worker's status
@@ -183,8 +183,8 @@ def test_busy_worker_is_explained_and_recorded(demo, adapter_root, monkeypatch):
     with EmbeddedWorker(settings) as small, Client(small.url) as holder:
         at = open_app(small.url, monkeypatch)
         at.number_input(key="max_tokens").set_value(8)
-        holder.send({"type": "generate", "session_id": "hold", "max_tokens": 2048, "temperature": 0,
-                     "messages": image_message(image_b64())})
+        # A text prompt the demo model answers without an end token for all 2048 tokens: it holds the slot.
+        holder.send({"type": "generate", "session_id": "hold", **greedy(max_tokens=2048)})
         assert holder.recv()["type"] == "token"  # it holds the slot
         record = generate(at)
         holder.send({"type": "cancel", "session_id": "hold"})

@@ -30,13 +30,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from adapters.validate import PEFT_PREFIX, WEIGHTS_FILE, AdapterFacts
+from adapters.validate import PEFT_PREFIX, REFUSED_CONFIG_FIELDS, WEIGHTS_FILE, AdapterFacts
 from wire.errors import AdapterConflict, AdapterIncompatible, AdapterInvalid
-
-# LoraConfig fields that change what an adapter computes beyond plain LoRA: refused, with the field named.
-_REFUSED_FIELDS = ("use_dora", "lora_bias", "target_parameters", "layer_replication", "trainable_token_indices",
-                   "use_qalora", "megatron_config", "alora_invocation_tokens", "arrow_config", "modules_to_save",
-                   "target_modules_to_tie", "fan_in_fan_out")
 
 
 @dataclass(frozen=True)
@@ -210,7 +205,7 @@ def check_compatible(bank: LoraBank, facts: AdapterFacts) -> Any:
     from peft import LoraConfig
     from peft.tuners.tuners_utils import check_target_module_exists
 
-    for name in _REFUSED_FIELDS:
+    for name in REFUSED_CONFIG_FIELDS:
         if facts.config.get(name):
             raise AdapterInvalid(f"adapter_config.json sets {name}={facts.config[name]!r}: only plain LoRA adapters "
                                  "can be served per request")
