@@ -54,15 +54,21 @@ class Connection(Protocol):
 
 class Admission:
     """Bounded admission: generates in flight (waiting for or holding a batch row) are at most ``max_running`` +
-    ``max_queue``; beyond that a new one is told ``busy`` at once. Which of them run is the engine's business."""
+    ``max_queue``; beyond that a new one is told ``busy`` at once. Which of them run is the engine's business.
+    ``max_running`` is read from the engine each time: a Ray front's capacity follows its replicas as they come, go
+    and autoscale."""
 
-    def __init__(self, max_running: int, max_queue: int, metrics: Metrics,
+    def __init__(self, max_running: Callable[[], int], max_queue: int, metrics: Metrics,
                  engine_running: Callable[[], int] = lambda: 0) -> None:
-        self.max_running = max_running
+        self._max_running = max_running
         self.max_queue = max_queue
         self.metrics = metrics
         self.admitted = 0
         self._engine_running = engine_running
+
+    @property
+    def max_running(self) -> int:
+        return self._max_running()
 
     @property
     def running(self) -> int:
@@ -94,7 +100,7 @@ class Service:
         self.parse_limits = settings.parse_limits()
         self.image_limits = settings.image_limits()
         # Sized once the engine is up; no request is admitted before that.
-        self.admission = Admission(1, settings.max_queue_size, self.metrics)
+        self.admission = Admission(lambda: 1, settings.max_queue_size, self.metrics)
         # One thread parses large frames for every connection, in turn: off the event loop, and at most one
         # large frame's parsed copy in memory at a time.
         self.parse_pool = ThreadPoolExecutor(1, thread_name_prefix="parse")
@@ -130,7 +136,7 @@ class Service:
         self.engine = engine = await self._load_engine()
         self.metrics.model_load_seconds.set(engine.info.load_seconds)
         status = engine.status()
-        self.admission = Admission(status.max_running, s.max_queue_size, self.metrics,
+        self.admission = Admission(lambda: engine.status().max_running, s.max_queue_size, self.metrics,
                                    lambda: engine.status().running)
         self.metrics.kv_cache_max_bytes.set(status.kv_cache_max_bytes)
         log.info("%s engine: up to %d requests in the batch, %d more may wait; KV cache bound %.0f MiB",

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from wire import protocol as p
 from wire.errors import (
@@ -152,16 +153,25 @@ class Session:
         """Send a reply; ``request_id``: that of the client message it answers, echoed when there was one."""
         if self._closed:
             return False
+        if self.ws.state is not State.OPEN:
+            # The client's close frame has arrived (CLOSING) while our replies may still be queued behind a client
+            # that stopped reading: sending now would wait for the closing handshake (up to its timeout), and the
+            # frames loop only ends when TCP closes. Stop the connection's generations now, not seconds later.
+            self._disconnected()
+            return False
         if request_id is not None:
             message.request_id = request_id
         try:
             await self.ws.send(p.encode(message))
             return True
         except ConnectionClosed:
-            self._closed = True
-            for gen in self.generations.values():
-                gen.stop()
+            self._disconnected()
             return False
+
+    def _disconnected(self) -> None:
+        self._closed = True
+        for gen in self.generations.values():
+            gen.stop()
 
     def _spawn(self, coro: Awaitable[T]) -> asyncio.Task[T]:
         task: asyncio.Task[T] = asyncio.ensure_future(coro)

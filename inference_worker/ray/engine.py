@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import replace
@@ -52,6 +53,11 @@ def connect_ray(settings: Settings) -> bool:
     """Join the cluster (blocking). False when this process already had Ray initialised (e.g. the test driver)."""
     if ray.is_initialized():
         return False
+    if settings.ray_address == "local":
+        # A front with a cluster of its own would have no replicas and wait for them forever.
+        raise RuntimeError("RAY_ADDRESS=local starts an empty cluster: a front (INFERENCE_ENGINE=ray) joins the "
+                           "cluster that python -m inference_worker.ray deployed to (its logged address, or auto)")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # as the launcher: an old token file must not turn auth on
     ray.init(address=settings.ray_address, include_dashboard=False, log_to_driver=False,
              ignore_reinit_error=True)
     return True

@@ -386,9 +386,17 @@ class VllmEngine:
                             first_token_at = time.perf_counter()
                         queue.put_nowait(TextDelta(piece.text))
                     if out.finished:
+                        if str(piece.finish_reason) == "error":  # vLLM: a retryable request-level internal error
+                            raise InternalError("vLLM ended the request with an internal error (e.g. a KV cache "
+                                                "failure); retry it", retryable=True)
                         reason = _FINISH_REASONS.get(str(piece.finish_reason), "stop")
         except asyncio.CancelledError:
             reason = "cancelled"
+            # vLLM aborts a cancelled request itself once it is queued; a cancel that lands while it is being added
+            # would leave it running unseen. Aborting again is harmless.
+            # BaseException: a second cancel (close() after abort()) must not cost the request its Finished.
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(self.llm.abort(request.request_id)), 5)
         except TimeoutError:
             error = DeadlineExceeded("generation did not finish within its deadline (GENERATION_TIMEOUT_S)")
         except ServiceError as exc:
@@ -421,16 +429,21 @@ class VllmEngine:
         info, digest = await asyncio.to_thread(self._check_adapter, name, facts)
         lora_id = self._lora_ids.setdefault(digest, len(self._lora_ids) + 1)
         directory = self._adapter_dir / f"{lora_id}-{name}"
-        await asyncio.to_thread(_copy_adapter, Path(facts.path), directory)
         from vllm.lora.request import LoRARequest
 
         lora = LoRARequest(lora_name=name, lora_int_id=lora_id, lora_path=str(directory))
+        # The same content under two names (a store name and a local path) shares one LoRA id: vLLM holds it once,
+        # and it leaves vLLM when the last of those names is removed.
+        shared = any(a.lora_id == lora_id for a in self._adapters.values())
         try:
-            await self.llm.add_lora(lora)
+            await asyncio.to_thread(_copy_adapter, Path(facts.path), directory)
+            if not shared:
+                await self.llm.add_lora(lora)
         except BaseException as exc:
-            with contextlib.suppress(Exception):
-                await self.llm.remove_lora(lora_id)
-            shutil.rmtree(directory, ignore_errors=True)
+            if not shared:
+                with contextlib.suppress(Exception):
+                    await self.llm.remove_lora(lora_id)
+            await asyncio.to_thread(shutil.rmtree, directory, True)
             if isinstance(exc, Exception):
                 raise AdapterInvalid(f"vLLM could not load the adapter: {_scrub(exc, facts)}",
                                      detail=f"{facts.path}: {exc}") from None
@@ -526,7 +539,8 @@ class VllmEngine:
         if adapter is None:
             return
         try:
-            await self.llm.remove_lora(adapter.lora_id)
+            if not any(a.lora_id == adapter.lora_id for a in self._adapters.values()):
+                await self.llm.remove_lora(adapter.lora_id)
         finally:
             await asyncio.to_thread(shutil.rmtree, adapter.directory, True)
 
@@ -540,6 +554,9 @@ class VllmEngine:
             kv_cache_bytes=int(view.kv_cache_usage * self.kv_cache_max_bytes),
             kv_cache_max_bytes=self.kv_cache_max_bytes,
             adapters=tuple(sorted(self._adapters)),
+            # vLLM's engine process died (killed, out of memory): /ready turns 503 so that an orchestrator replaces
+            # this worker, instead of answering every request with an internal error while looking healthy.
+            available=self.llm is not None and not self.llm.errored,
             details={
                 "engine": "vllm",
                 "kv_cache_usage": view.kv_cache_usage,
