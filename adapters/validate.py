@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wire.errors import AdapterInvalid, AdapterNotFound
+from wire.errors import AdapterIncompatible, AdapterInvalid, AdapterNotFound
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -49,6 +49,23 @@ REFUSED_CONFIG_FIELDS = ("use_dora", "lora_bias", "target_parameters", "layer_re
                          "use_qalora", "megatron_config", "alora_invocation_tokens", "arrow_config", "modules_to_save",
                          "target_modules_to_tie", "fan_in_fan_out")
 
+
+
+def check_targets(facts: AdapterFacts, targeted: set[str]) -> None:
+    """An adapter's ``target_modules`` and its weights agree. ``targeted``: the model's modules that target_modules
+    select, by the engine's matching rule (PEFT's). Refused: no module selected; selected modules without weights
+    (they would load as silent no-ops); weights for modules outside the selection."""
+    if not targeted:
+        raise AdapterIncompatible(f"none of target_modules {facts.target_modules} exist in this model")
+    untrained = sorted(targeted - set(facts.modules))
+    if untrained:
+        raise AdapterIncompatible(
+            f"target_modules select {len(untrained)} modules with no weights in the adapter (e.g. {untrained[0]}): "
+            "they would load as no-ops"
+        )
+    stray = sorted(set(facts.modules) - targeted)
+    if stray:
+        raise AdapterIncompatible(f"the weights adapt modules outside target_modules (e.g. {stray[0]})")
 
 @dataclass(frozen=True)
 class LoraModule:

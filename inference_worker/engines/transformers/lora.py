@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from adapters.validate import PEFT_PREFIX, REFUSED_CONFIG_FIELDS, WEIGHTS_FILE, AdapterFacts
+from adapters.validate import PEFT_PREFIX, REFUSED_CONFIG_FIELDS, WEIGHTS_FILE, AdapterFacts, check_targets
 from wire.errors import AdapterConflict, AdapterIncompatible, AdapterInvalid
 
 
@@ -239,18 +239,7 @@ def check_compatible(bank: LoraBank, facts: AdapterFacts) -> Any:
                 f"module {name}: adapter expects {spec.in_features}→{spec.out_features}, the model has "
                 f"{bank.describe_module(name)} (wrong base model or size)"
             )
-    targeted = {n for n in bank.module_names() if n and _targets(check_target_module_exists, config, n)}
-    if not targeted:
-        raise AdapterIncompatible(f"none of target_modules {facts.target_modules} exist in this model")
-    untrained = sorted(targeted - set(facts.modules))
-    if untrained:
-        raise AdapterIncompatible(
-            f"target_modules select {len(untrained)} modules with no weights in the adapter (e.g. {untrained[0]}): "
-            "they would load as no-ops"
-        )
-    stray = sorted(set(facts.modules) - targeted)
-    if stray:
-        raise AdapterIncompatible(f"the weights adapt modules outside target_modules (e.g. {stray[0]})")
+    check_targets(facts, {n for n in bank.module_names() if n and _targets(check_target_module_exists, config, n)})
     return config
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapters.validate import CONFIG_FILE, WEIGHTS_FILE, AdapterFacts, read_safetensors_header
+from adapters.validate import CONFIG_FILE, WEIGHTS_FILE, AdapterFacts, check_targets, read_safetensors_header
 from wire.errors import (
     AdapterConflict,
     AdapterIncompatible,
@@ -518,18 +518,7 @@ class VllmEngine:
 
         linear = [k.removesuffix(".weight") for k, shape in self.files.weights.items()
                   if k.endswith(".weight") and len(shape) == 2]
-        targeted = {m for m in linear if selected(m)}
-        if not targeted:
-            raise AdapterIncompatible(f"none of target_modules {facts.target_modules} exist in this model")
-        stray = sorted(set(facts.modules) - targeted)
-        if stray:
-            raise AdapterIncompatible(f"the weights adapt modules outside target_modules (e.g. {stray[0]})")
-        untrained = sorted(targeted - set(facts.modules))
-        if untrained:
-            raise AdapterIncompatible(
-                f"target_modules select {len(untrained)} modules with no weights in the adapter (e.g. {untrained[0]}): "
-                "they would load as no-ops"
-            )
+        check_targets(facts, {m for m in linear if selected(m)})
 
     async def remove_adapter(self, name: str) -> None:
         users = [r.request.request_id for r in self._requests.values() if r.request.adapter == name]
