@@ -178,10 +178,12 @@ class RayEngine:
                            vision=any("visual" in m.split(".") for m in modules),
                            parameter_bytes=facts.tensor_bytes)
 
-    async def _until_routable(self, digest: str, timeout_s: float = 2.0) -> None:
-        """Wait (briefly) until this front's router knows which replica holds ``digest``. Replicas announce their
-        adapters to the Serve controller every 0.1 s, which passes it on to the routers: a request sent before that
-        falls back to the replicas with the fewest adapters, and the adapter would load on a second replica."""
+    async def _until_routable(self, digest: str, timeout_s: float = 10.0) -> None:
+        """Wait until this front's router knows which replica holds ``digest``. Replicas announce their adapters to
+        the Serve controller, which passes them on to the routers (0.1 s on a quiet cluster, seconds on a busy one):
+        until then a request for it, and a load of the next new adapter, go to the replicas with the fewest adapters
+        *as the router last heard*, so the adapter would load on a second replica, or every new adapter on the same
+        one. Past ``timeout_s`` the load still succeeds; affinity is then best effort (logged)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:  # Ray Serve 2.60's router (pinned); without it, a pause as long as two announcements
@@ -192,6 +194,8 @@ class RayEngine:
             if table.get(digest):
                 return
             await asyncio.sleep(0.02)
+        log.warning("adapter %s: this front's router did not learn its replica within %.0f s; the next requests "
+                    "for it may load it on another replica", digest[:16], timeout_s)
 
     async def remove_adapter(self, name: str) -> None:
         # Replicas keep their own LRU of digests (Serve's multiplexing): nothing to unload remotely.

@@ -114,10 +114,19 @@ def front_metrics(front: Any) -> tuple[int, dict[str, dict[tuple[str, ...], floa
     return 200, out
 
 
-def test_more_adapters_than_one_replica_holds_spread_over_both(front, demo, adapter_root):
-    """Three new adapters with two per replica: both replicas serve some, none holds more than two."""
+def test_more_adapters_than_one_replica_holds_spread_over_both(cluster, front, demo, adapter_root):
+    """Three new adapters with two per replica: both replicas serve some, none holds more than two.
+
+    From empty replicas (a fresh deployment): Serve sends a new adapter to a replica with the fewest adapters, so the
+    second goes where the first is not. Once every replica is full (as earlier tests leave them), a new adapter
+    goes to either at random, and three could all land on one."""
+    cluster.delete()
+    cluster.deploy()
+    until(lambda: http_status(front, "/ready") == 200, "/ready turns 200 after the redeploy", timeout=120)
     digests = []
     with Client(front.url) as c:
+        until(lambda: len(replicas(c)) == ray_cluster.REPLICAS
+              and not any(r["adapters"] for r in replicas(c)), "two fresh replicas report", timeout=120)
         for _ in range(ray_cluster.ADAPTERS_PER_REPLICA + 1):
             loaded = c.load(fresh_adapter(demo, adapter_root))
             assert loaded["type"] == "adapter_loaded", loaded
