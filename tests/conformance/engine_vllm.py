@@ -116,7 +116,9 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 @contextmanager
 def start(ctx: StartContext) -> Iterator[Target]:
-    settings = ctx.settings(engine="vllm", shutdown_notice_s=0, vllm_max_loras=2)
+    # MAX_NEW_TOKENS 16000: vLLM writes the tiny model's 2000 tokens in a few seconds, which a cancel or a second
+    # message racing it sometimes lost; the tests that need a long generation ask for target.max_new_tokens.
+    settings = ctx.settings(engine="vllm", shutdown_notice_s=0, vllm_max_loras=2, max_new_tokens=16000)
     log_path = ctx.tmp.mktemp("vllm-worker") / "worker.log"
     with run_worker(settings, log_path) as address:
         yield Target(engine="vllm", url=f"ws://{address}", http=f"http://{address}",

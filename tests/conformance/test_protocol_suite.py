@@ -187,14 +187,14 @@ def test_several_generations_on_one_connection(target):
 def test_cancel_stops_a_generation(target):
     """cancel ends the stream with done(finish_reason=cancelled) long before max_tokens."""
     with Client(target.url) as c:
-        c.send({"type": "generate", "session_id": "long", **greedy(max_tokens=2000)})
+        c.send({"type": "generate", "session_id": "long", **greedy(max_tokens=target.max_new_tokens)})
         first = c.recv()
         assert first["type"] == "token"
         c.send({"type": "cancel", "session_id": "long"})
         stream = c.collect("long")
         done = stream.terminal
         assert done["type"] == "done" and done["finish_reason"] == "cancelled"
-        assert done["usage"]["completion_tokens"] < 2000
+        assert done["usage"]["completion_tokens"] < target.max_new_tokens
         assert done["content"] == first["content"] + stream.text
         assert c.request({"type": "ping"}, "pong")["type"] == "pong"
 
@@ -234,24 +234,26 @@ def test_every_reply_echoes_the_request_id_of_the_message_it_answers(target):
 
 
 def test_duplicate_session_id_is_refused(target):
-    """A second generate with a running session_id gets duplicate_session; the first one still finishes."""
+    """A second generate with a running session_id gets duplicate_session; the first one still ends with its done."""
     with Client(target.url) as c:
-        c.send({"type": "generate", "session_id": "dup", **greedy(max_tokens=300)})
+        c.send({"type": "generate", "session_id": "dup", **greedy(max_tokens=target.max_new_tokens)})
         c.send({"type": "generate", "session_id": "dup", **greedy(max_tokens=5)})
         terminals = []
         while len(terminals) < 2:
             m = c.recv()
             if m["type"] in ("done", "error"):
                 terminals.append(m)
+                if len(terminals) == 1:
+                    c.send({"type": "cancel", "session_id": "dup"})  # the first one need not run to the end
         assert terminals[0]["type"] == "error" and terminals[0]["code"] == "duplicate_session"
-        assert terminals[1]["type"] == "done"
+        assert terminals[1]["type"] == "done" and terminals[1]["session_id"] == "dup"
 
 
 def test_disconnect_cancels_running_generations(target):
     """A client that disconnects mid-stream cancels its generations; nothing keeps running."""
     before = outcomes(target)
     c = Client(target.url)
-    c.send({"type": "generate", **greedy(max_tokens=2000)})
+    c.send({"type": "generate", **greedy(max_tokens=target.max_new_tokens)})
     assert c.recv()["type"] == "token"
     c.close()
     deadline = time.monotonic() + 10
