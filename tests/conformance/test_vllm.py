@@ -112,7 +112,7 @@ def test_status_and_metrics_report_vllms_scheduler(vllm):
     """While a generation runs, status and /metrics show vLLM's running request and its KV-cache use; the engine
     details name vLLM's LoRA settings."""
     with Client(vllm.url) as c:
-        c.send({"type": "generate", "session_id": "long", **greedy(max_tokens=2000)})
+        c.send({"type": "generate", "session_id": "long", **greedy(max_tokens=vllm.max_new_tokens)})
         assert c.recv()["type"] == "token"
         watcher = Client(vllm.url)
         try:
