@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,11 +21,6 @@ class Request:
     text: str
     max_tokens: int
     image_png: bytes | None = None
-
-    def data_url(self) -> str | None:
-        if self.image_png is None:
-            return None
-        return "data:image/png;base64," + base64.b64encode(self.image_png).decode()
 
 
 @dataclass

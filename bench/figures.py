@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wire.protocol import AdapterLoaded
+
 from .baseline import InProcess
 from .common import PROMPT, SHORT_PROMPT, BenchError, Request, Trial, diagram_png
 from .models import AdapterSpec, ModelCache, adapter_bytes, is_vision_model, parameter_count
@@ -572,10 +574,12 @@ def figure3_cold(run: Run, model_dir: Path, label: str, size: str | None) -> lis
             reply = conn.load_adapter(f"cold-{i}")
             elapsed = time.perf_counter() - started
             after = worker.metrics()  # type: ignore[union-attr]
-            if reply.get("cached"):
+            if not isinstance(reply, AdapterLoaded) or reply.load_ms is None:
+                raise BenchError(f"cold-{i}: the worker answered {reply.type} without load_ms")
+            if reply.cached:
                 raise BenchError(f"cold-{i} was answered from the cache: the load was not cold")
             stages.append(stage_seconds(before, after))
-            load_ms.append(float(reply["load_ms"]))
+            load_ms.append(reply.load_ms)
             return elapsed
 
         def baseline_load(i: int) -> float:

@@ -5,25 +5,29 @@ outside, as an operator would.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from websockets.sync.client import ClientConnection, connect
+from playground.client import UNSET, PlaygroundError, user_message
+from playground.client import WorkerClient as AsyncWorkerClient
+from wire.protocol import AdapterLoaded, AdapterUnloaded, Done, Status
 
 from .common import BenchError, Request, Trial
 
 ROOT = Path(__file__).resolve().parent.parent
-UNSET: Any = object()
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -47,14 +51,50 @@ class WorkerConfig:
     python: Path | None = None  # the interpreter (another venv's, e.g. the vLLM one; None: this one)
 
 
-class WorkerProcess:
-    """``python -m inference_worker`` on a free loopback port; stopped with SIGTERM like a deployment."""
+class _Launched:
+    """A process of the benchmark's, its output in a log file; stopped with SIGTERM like a deployment, killed when it
+    has not exited ``stop_grace_s`` later."""
+
+    stop_grace_s = 60.0
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _launch(self, args: list[str], cwd: Path, env: dict[str, str], *, own_session: bool = False) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=own_session)
+
+    def _log_tail(self, size: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-size:]
+        except OSError:
+            return ""
+
+    def _kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(self.stop_grace_s)
+        except subprocess.TimeoutExpired:
+            self._kill()
+            self.proc.wait(10)
+
+
+class WorkerProcess(_Launched):
+    """``python -m inference_worker`` on a free loopback port."""
 
     def __init__(self, config: WorkerConfig, log_path: Path) -> None:
+        super().__init__(log_path)
         self.config = config
-        self.log_path = log_path
         self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -85,9 +125,8 @@ class WorkerProcess:
                **c.s3, **c.env}
         if c.python is not None:  # another venv runs this checkout
             env["PYTHONPATH"] = str(c.source_dir)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(args, cwd=c.source_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self._launch(args, c.source_dir, env)
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -101,22 +140,6 @@ class WorkerProcess:
             time.sleep(0.2)
         self.stop()
         raise BenchError(f"the worker was not ready within {timeout:.0f} s:\n{self._log_tail()}")
-
-    def _log_tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
 
     def __enter__(self) -> WorkerProcess:
         return self.start()
@@ -162,14 +185,45 @@ def stage_seconds(before: dict[str, float], after: dict[str, float]) -> dict[str
 
 
 class WorkerClient:
-    """A plain WebSocket client of the worker's protocol (JSON text frames), timing what it receives."""
+    """The benchmark's synchronous handle on :class:`playground.client.WorkerClient` (the project's one client).
+
+    The benchmarks drive clients from threads, side by side; each handle runs its async client on an event loop of its
+    own, in a thread. Times are taken where the client library hands over each token, so every worker (the current
+    one, another engine's, a ``--compare-ref`` one) is timed by the same code. A ``--compare-ref`` worker older than
+    ``request_id`` refuses every message but ``generate``, which carries none: figure 1 only generates on it.
+    """
 
     def __init__(self, url: str) -> None:
-        self.ws: ClientConnection = connect(url, open_timeout=60, max_size=None, ping_interval=None)
-        self._n = 0
+        self.url = url
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="bench-client", daemon=True)
+        self._thread.start()
+        self.client = AsyncWorkerClient(url, open_timeout=60, reply_timeout=600)
+        try:
+            self._call(self.client.connect())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        except PlaygroundError as exc:
+            raise BenchError(f"the worker at {self.url}: {exc.code}: {exc.message}") from None
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def close(self) -> None:
-        self.ws.close()
+        if self._loop.is_closed():
+            return
+        try:
+            self._call(self.client.close(), 30)
+        finally:
+            self._stop_loop()
 
     def __enter__(self) -> WorkerClient:
         return self
@@ -177,94 +231,68 @@ class WorkerClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _recv(self, timeout: float = 600) -> dict[str, Any]:
-        frame = self.ws.recv(timeout)
-        message: dict[str, Any] = json.loads(frame)
-        return message
+    def load_adapter(self, ref: str | None, timeout: float = 600) -> AdapterLoaded | AdapterUnloaded:
+        return self._call(self.client.load_adapter(ref), timeout)
 
-    def load_adapter(self, ref: str | None, timeout: float = 600) -> dict[str, Any]:
-        self.ws.send(json.dumps({"type": "load_adapter", "adapter_path": ref}))
-        while True:
-            m = self._recv(timeout)
-            if m["type"] in ("adapter_loaded", "adapter_unloaded"):
-                return m
-            if m["type"] == "error":
-                raise BenchError(f"load_adapter {ref!r}: {m['code']}: {m['message']}")
-
-    def status(self) -> dict[str, Any]:
-        self.ws.send(json.dumps({"type": "status"}))
-        while True:
-            m = self._recv()
-            if m["type"] == "status":
-                return m
+    def status(self) -> Status:
+        return self._call(self.client.status())
 
     def generate(self, request: Request, *, adapter: Any = UNSET, switch_to: str | None = None,
                  started: float | None = None) -> Trial:
         """Send ``generate`` (after a pipelined ``load_adapter`` when ``switch_to`` is given) and stream it to the end.
 
-        ``adapter``: the per-request ``adapter`` field (UNSET: the connection's adapter).
+        ``adapter``: the per-request ``adapter`` field (UNSET: the connection's adapter). Times count from ``started``
+        (default: now).
         """
-        self._n += 1
-        session = f"b{self._n}"
-        content: list[dict[str, Any]] = []
-        url = request.data_url()
-        if url is not None:
-            content.append({"type": "image", "image": url})
-        content.append({"type": "text", "text": request.text})
-        message: dict[str, Any] = {
-            "type": "generate", "session_id": session, "messages": [{"role": "user", "content": content}],
-            "max_tokens": request.max_tokens, "temperature": 0,
-        }
-        if adapter is not UNSET:
-            message["adapter"] = adapter
         t0 = time.perf_counter() if started is None else started
-        if switch_to is not None:
-            self.ws.send(json.dumps({"type": "load_adapter", "adapter_path": switch_to}))
-        self.ws.send(json.dumps(message))
+        return self._call(self._generate(request, adapter, switch_to, t0))
+
+    async def _generate(self, request: Request, adapter: Any, switch_to: str | None, t0: float) -> Trial:
+        load = await self.client.start_load(switch_to) if switch_to is not None else None
         first_piece: float | None = None
-        pieces = []
-        while True:
-            m = self._recv()
-            kind = m["type"]
-            if kind == "token" and m.get("session_id") == session:
+        pieces: list[str] = []
+        done: Done | None = None
+        end = 0.0
+        async for item in self.client.generate([user_message(request.text, image=request.image_png)],
+                                               max_tokens=request.max_tokens, temperature=0, adapter=adapter):
+            if isinstance(item, Done):
+                done, end = item, time.perf_counter()
+            else:
                 if first_piece is None:
                     first_piece = time.perf_counter()
-                pieces.append(m["content"])
-            elif kind == "done" and m.get("session_id") == session:
-                end = time.perf_counter()
-                break
-            elif kind == "error":
-                raise BenchError(f"worker error: {m.get('code')}: {m.get('message')}")
-        timings = m.get("timings") or {}
-        usage = m.get("usage") or {}
+                pieces.append(item)
+        if load is not None:
+            async for _ in load:  # its adapter_loaded came before the tokens; raises if the switch failed
+                pass
+        assert done is not None
         text = "".join(pieces)
-        if text != m.get("content"):
+        if text != done.content:
             raise BenchError("the streamed tokens do not add up to done.content")
-        ttft_ms = timings.get("ttft_ms")
+        timings, usage = done.timings, done.usage
         return Trial(
             ttft_piece_s=first_piece - t0 if first_piece is not None else None,
-            ttft_token_s=ttft_ms / 1000 if ttft_ms is not None else None,
+            ttft_token_s=timings.ttft_ms / 1000 if timings.ttft_ms is not None else None,
             end_s=end - t0,
-            tokens=int(usage.get("completion_tokens", 0)),
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            tokens=usage.completion_tokens,
+            prompt_tokens=usage.prompt_tokens,
             text=text,
-            decode_tps_token=timings.get("tokens_per_s"),
-            extra={"queue_ms": timings.get("queue_ms"), "server_total_ms": timings.get("total_ms"),
-                   "adapter": m.get("adapter")},
+            decode_tps_token=timings.tokens_per_s,
+            extra={"queue_ms": timings.queue_ms, "server_total_ms": timings.total_ms, "adapter": done.adapter},
         )
 
 
-class RayDeployment:
+class RayDeployment(_Launched):
     """``python -m inference_worker.ray`` with ``RAY_ADDRESS=local``: a one-machine Ray cluster of its own with the
     replicas deployed; SIGTERM deletes the application and stops the cluster. ``address`` is for fronts."""
 
+    stop_grace_s = 90.0
+
     def __init__(self, config: WorkerConfig, log_path: Path, temp_dir: Path, replicas: int = 1) -> None:
+        super().__init__(log_path)
         self.config = config
-        self.log_path = log_path
         self.temp_dir = temp_dir
         self.replicas = replicas
         self.address: str | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 600) -> RayDeployment:
         c = self.config
@@ -286,10 +314,8 @@ class RayDeployment:
                "PYTHONPATH": os.pathsep.join(x for x in (str(c.source_dir), os.environ.get("PYTHONPATH")) if x),
                **c.env}
         self.temp_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(args, cwd=c.source_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self._launch(args, c.source_dir, env, own_session=True)
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -303,18 +329,6 @@ class RayDeployment:
         self.stop()
         raise BenchError(f"the Ray deployment was not running within {timeout:.0f} s:\n{self._log_tail()}")
 
-    def _log_tail(self, size: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-size:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(90)
-        except subprocess.TimeoutExpired:  # the cluster's processes are in its session: end them all
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+    def _kill(self) -> None:  # the cluster's processes are in the deployment's session: end them all
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)

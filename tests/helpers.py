@@ -1,4 +1,9 @@
-"""Test helpers: a strict synchronous WebSocket client and builders of broken adapters and images."""
+"""Test helpers: a strict synchronous raw-frame WebSocket client and builders of broken adapters and images.
+
+The client is not the project's client library (:mod:`playground.client`, tested in tests/playground/) on purpose: the
+worker's tests check each frame exactly as the worker sent it, in order, where the library validates, routes and folds
+them into results; and they send frames the library refuses to build (malformed JSON, unknown types, oversized fields).
+"""
 
 from __future__ import annotations
 

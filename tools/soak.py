@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from websockets.asyncio.client import connect
-
-from wire.protocol import parse_server_message
+from playground.client import BadFrame, WorkerClient, WorkerError, user_message
+from wire.protocol import Done
 
 ADAPTERS = ["demo-a", "demo-b", None]
 PROMPTS = ["Describe the process diagram.", "List the roles as a Markdown table.", "What happens after approval?"]
@@ -75,43 +74,36 @@ async def _client(url: str, index: int, deadline: float, report: SoakReport, max
     adapter = ADAPTERS[index % len(ADAPTERS)]
     n = 0
     try:
-        async with connect(url, max_size=None, open_timeout=30) as ws:
+        async with WorkerClient(url, open_timeout=30, reply_timeout=120) as client:
             if adapter is not None:
-                await ws.send(json.dumps({"type": "load_adapter", "adapter_path": adapter}))
-                while json.loads(await ws.recv())["type"] not in ("adapter_loaded", "error"):
-                    pass
+                await client.load_adapter(adapter)
             while time.monotonic() < deadline:
                 n += 1
                 sid = f"c{index}-{n}"
-                request: dict[str, Any] = {
-                    "type": "generate", "session_id": sid, "max_tokens": rng.randint(4, max_tokens),
-                    "messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
-                    "temperature": rng.choice([0, 0.7]), "seed": rng.randint(0, 1000),
-                }
+                params: dict[str, Any] = {"session_id": sid, "max_tokens": rng.randint(4, max_tokens),
+                                          "temperature": rng.choice([0, 0.7]), "seed": rng.randint(0, 1000)}
                 if rng.random() < 0.2:  # a per-request adapter now and then
-                    request["adapter"] = rng.choice(ADAPTERS)
-                await ws.send(json.dumps(request))
-                report.sent += 1
+                    params["adapter"] = rng.choice(ADAPTERS)
                 cancel = rng.random() < cancel_rate
-                while True:
-                    frame = await asyncio.wait_for(ws.recv(), timeout=120)
-                    try:
-                        message = parse_server_message(frame)
-                    except Exception:
-                        report.invalid_replies += 1
-                        continue
-                    if message.type == "token":
+                stream = client.generate([user_message(rng.choice(PROMPTS))], **params)
+                report.sent += 1
+                try:
+                    while True:
+                        item = await asyncio.wait_for(anext(stream), timeout=120)
+                        if isinstance(item, Done):
+                            report.done += 1
+                            report.finish_reasons[item.finish_reason] += 1
+                            break
                         report.tokens += 1
                         if cancel:
                             cancel = False
-                            await ws.send(json.dumps({"type": "cancel", "session_id": sid}))
-                    elif message.type == "done" and message.session_id == sid:
-                        report.done += 1
-                        report.finish_reasons[message.finish_reason] += 1
-                        break
-                    elif message.type == "error" and message.session_id == sid:
-                        report.errors[str(message.code)] += 1
-                        break
+                            await client.cancel(sid)
+                except WorkerError as exc:  # the request's terminal error
+                    report.errors[exc.code] += 1
+                except BadFrame:  # a reply outside the protocol ends the request (it counts as lost too)
+                    report.invalid_replies += 1
+                finally:
+                    await stream.aclose()
     except Exception as exc:  # a client that dies loses its in-flight request: that shows up as lost
         report.client_failures.append(f"client {index}: {type(exc).__name__}: {exc}")
 

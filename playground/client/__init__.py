@@ -34,7 +34,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -129,11 +129,16 @@ class WorkerClient:
         reply: Adapters = await self._request({"type": "list_adapters"}, "adapters")
         return reply.items
 
-    async def load_adapter_events(
+    async def connect(self) -> None:
+        """Open the connection now (requests open it when needed); raises :class:`WorkerUnavailable` as they do."""
+        await self._connection()
+
+    async def start_load(
         self, adapter_path: str | None
-    ) -> AsyncIterator[AdapterProgress | AdapterLoaded | AdapterUnloaded]:
-        """Make ``adapter_path`` this connection's adapter (``None``: the base model), yielding ``adapter_progress``
-        while the worker downloads, verifies and loads it, then ``adapter_loaded`` (or ``adapter_unloaded``)."""
+    ) -> AsyncGenerator[AdapterProgress | AdapterLoaded | AdapterUnloaded, None]:
+        """Send ``load_adapter`` now and return its events, to be read later: a ``generate`` sent after this call
+        returns runs with the new adapter, since the worker applies a connection's adapter changes in the order they
+        were sent (pipelining saves a round trip). The events are those of :meth:`load_adapter_events`."""
         conn = await self._connection()
         request_id = conn.new_request_id()
         frame = encode_request({"type": "load_adapter", "adapter_path": adapter_path, "request_id": request_id})
@@ -141,6 +146,15 @@ class WorkerClient:
         conn.loads[request_id] = queue  # the router removes it when the load's last message arrives
         try:
             await self._send(conn, frame)
+        except BaseException:
+            conn.loads.pop(request_id, None)
+            raise
+        return self._load_events(conn, request_id, queue)
+
+    async def _load_events(
+        self, conn: Connection, request_id: str, queue: asyncio.Queue[Any]
+    ) -> AsyncGenerator[AdapterProgress | AdapterLoaded | AdapterUnloaded, None]:
+        try:
             while True:
                 item = await queue.get()
                 if isinstance(item, AdapterProgress):
@@ -155,6 +169,14 @@ class WorkerClient:
         finally:
             conn.loads.pop(request_id, None)
 
+    async def load_adapter_events(
+        self, adapter_path: str | None
+    ) -> AsyncGenerator[AdapterProgress | AdapterLoaded | AdapterUnloaded, None]:
+        """Make ``adapter_path`` this connection's adapter (``None``: the base model), yielding ``adapter_progress``
+        while the worker downloads, verifies and loads it, then ``adapter_loaded`` (or ``adapter_unloaded``)."""
+        async for item in await self.start_load(adapter_path):
+            yield item
+
     async def load_adapter(
         self, adapter_path: str | None, on_progress: Callable[[AdapterProgress], object] | None = None
     ) -> AdapterLoaded | AdapterUnloaded:
@@ -167,7 +189,7 @@ class WorkerClient:
                 return item
         raise AssertionError("unreachable: a load ends with adapter_loaded, adapter_unloaded or an error")
 
-    async def generate(self, messages: Sequence[dict[str, Any]], **params: Any) -> AsyncIterator[str | Done]:
+    async def generate(self, messages: Sequence[dict[str, Any]], **params: Any) -> AsyncGenerator[str | Done, None]:
         """Stream one generation: yields each token's text, then the ``done`` message, then stops.
 
         Parameters are those of :func:`generate_message` (``session_id`` picks the id :meth:`cancel` takes).

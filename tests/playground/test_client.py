@@ -196,6 +196,24 @@ async def test_load_adapter_surfaces_progress(demo, adapter_root):
     assert events[-2].stage == "loading"  # the local store has nothing to download: the last stage is loading
 
 
+async def test_a_pipelined_load_applies_to_the_generate_sent_after_it(worker):
+    """start_load sends load_adapter without waiting: a generate sent next runs with that adapter; a pipelined load
+    that fails raises when its events are read and leaves the connection's adapter as it was."""
+    async with WorkerClient(worker.url) as client:
+        load = await client.start_load("demo-b")
+        _, done = await collect(client.generate([user_message(PROMPT)], temperature=0, max_tokens=4))
+        events = [e async for e in load]
+        assert done.adapter == "demo-b"
+        assert isinstance(events[-1], AdapterLoaded) and events[-1].adapter_path == "demo-b"
+
+        failed = await client.start_load("no-such-adapter")
+        _, done = await collect(client.generate([user_message(PROMPT)], temperature=0, max_tokens=4))
+        with pytest.raises(WorkerError) as caught:
+            _ = [e async for e in failed]
+        assert caught.value.code == "adapter_not_found"
+        assert done.adapter == "demo-b"
+
+
 async def test_busy_is_a_retryable_worker_error(demo, adapter_root, png):
     """With one slot and no queue, a second generate gets busy (retryable) while the first streams."""
     settings = worker_settings(demo, adapter_root, max_batch_rows=1, max_queue_size=0)
