@@ -18,6 +18,9 @@ ALLOWED: dict[str, set[str]] = {
     "checkpoints": {"wire", "adapters"},  # random checkpoints and adapters for the demo, tests and benchmarks
     "inference_worker": {"wire", "adapters", "checkpoints"},  # engines, the server and its sessions
     "playground": {"wire", "diagrams"},  # the UI and its client: it talks to a worker only over the wire
+    # On top, the project's own tools: they start workers and talk to them with the one client (playground.client).
+    "bench": {"wire", "adapters", "checkpoints", "inference_worker", "playground"},  # the benchmarks
+    "tools": {"wire", "adapters", "checkpoints", "inference_worker", "playground", "diagrams"},  # soak, stack, venvs
 }
 
 
