@@ -62,6 +62,8 @@ class _Launched:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _launch(self, args: list[str], cwd: Path, env: dict[str, str], *, own_session: bool = False) -> None:
+        if self.proc is not None and self.proc.poll() is None:  # a second start would orphan the first process
+            raise BenchError(f"{args[2]} is already running (pid {self.proc.pid})")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
