@@ -50,7 +50,6 @@ REFUSED_CONFIG_FIELDS = ("use_dora", "lora_bias", "target_parameters", "layer_re
                          "target_modules_to_tie", "fan_in_fan_out")
 
 
-
 def check_targets(facts: AdapterFacts, targeted: set[str]) -> None:
     """An adapter's ``target_modules`` and its weights agree. ``targeted``: the model's modules that target_modules
     select, by the engine's matching rule (PEFT's). Refused: no module selected; selected modules without weights
@@ -66,6 +65,7 @@ def check_targets(facts: AdapterFacts, targeted: set[str]) -> None:
     stray = sorted(set(facts.modules) - targeted)
     if stray:
         raise AdapterIncompatible(f"the weights adapt modules outside target_modules (e.g. {stray[0]})")
+
 
 @dataclass(frozen=True)
 class LoraModule:

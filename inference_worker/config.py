@@ -418,6 +418,11 @@ class Settings(StoreSettings):
             max_frame_json_items=self.max_frame_json_items,
         )
 
+    @property
+    def adapters_per_replica(self) -> int:
+        """RAY_ADAPTERS_PER_REPLICA, or MAX_LOADED_ADAPTERS."""
+        return self.ray_adapters_per_replica or self.max_loaded_adapters
+
     def batch_rows_for(self, device: str) -> int:
         """MAX_BATCH_ROWS, or its default for the device the model runs on."""
         if self.max_batch_rows is not None:

@@ -19,6 +19,7 @@ of that request, a failure of the engine), and the text deltas of a request add 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -90,6 +91,12 @@ class Finished:
     usage: Usage
     timings: Timings
     error: ServiceError | None = None
+
+    @classmethod
+    def failed(cls, error: ServiceError, received_at: float, first_token_at: float | None = None) -> Finished:
+        """The end of a request that failed now: no finish reason, nothing counted, never scheduled."""
+        return cls(reason=None, usage=Usage(0, 0), error=error,
+                   timings=Timings(received_at, None, first_token_at, time.perf_counter()))
 
 
 Event = TextDelta | Finished

@@ -12,6 +12,5 @@ Two halves, each importing Ray only when used:
 ``python -m inference_worker.ray`` deploys the application on a cluster (or a local one).
 """
 
-APP_NAME_DEFAULT = "inference-worker"
 REPLICA_DEPLOYMENT = "Replica"
 BOARD_DEPLOYMENT = "Board"

@@ -111,7 +111,8 @@ class RayEngine:
         if request.adapter is not None:
             origin = self._adapters.get(request.adapter)
             if origin is None:
-                yield _failed(request, InternalError(f"adapter {request.adapter} is not known to the engine"))
+                yield Finished.failed(InternalError(f"adapter {request.adapter} is not known to the engine"),
+                                      request.received_at)
                 return
         timeout = None if request.deadline is None else max(0.0, request.deadline - time.monotonic())
         job = ReplicaJob(request=replace(request, adapter=None), adapter=origin, timeout_s=timeout)
@@ -151,7 +152,7 @@ class RayEngine:
                 log.exception("request %s: the Ray deployment failed", request.request_id)
                 error = InternalError("the model deployment failed", detail=repr(exc)[:500])
             finished = True
-            yield _failed(request, error, first_token_at)
+            yield Finished.failed(error, request.received_at, first_token_at)
         finally:
             self._responses.pop(request.request_id, None)
             self._cancelled.discard(request.request_id)
@@ -236,9 +237,8 @@ class RayEngine:
                 "engine": "ray",
                 "app": self.settings.ray_app_name,
                 "replicas": [
-                    {**r.as_dict(), "adapters": [{**a, "engine_name": digests.get(a["digest"])}
-                                                 for a in r.as_dict()["adapters"]]}
-                    for r in replicas
+                    {**d, "adapters": [{**a, "engine_name": digests.get(a["digest"])} for a in d["adapters"]]}
+                    for d in (r.as_dict() for r in replicas)
                 ],
                 **({"board_error": self.board_error} if self.board_error else {}),
             },
@@ -252,12 +252,6 @@ class RayEngine:
             self.abort(request_id)
         if self.owns_ray:
             await asyncio.to_thread(ray.shutdown)
-
-
-def _failed(request: EngineRequest, error: ServiceError, first_token_at: float | None = None) -> Finished:
-    now = time.perf_counter()
-    return Finished(reason=None, usage=Usage(0, 0),
-                    timings=Timings(request.received_at, None, first_token_at, now), error=error)
 
 
 def _localized(request: EngineRequest, finished: Finished, first_token_at: float | None) -> Finished:

@@ -28,7 +28,7 @@ from ray import serve
 from wire.errors import InternalError, ServiceError, StoreUnavailable
 
 from ..config import Settings
-from ..engines.base import AdapterOrigin, Event, Finished, Timings, Usage
+from ..engines.base import AdapterOrigin, Event, Finished
 from . import BOARD_DEPLOYMENT, REPLICA_DEPLOYMENT
 from .messages import LoadedAdapter, ReplicaDescription, ReplicaJob, ReplicaReport
 
@@ -75,7 +75,7 @@ class ReplicaBase:
         from ..service import Service
 
         base = Settings(**settings)
-        self.capacity = base.ray_adapters_per_replica or base.max_loaded_adapters
+        self.capacity = base.adapters_per_replica
         self.settings = base.model_copy(update={"engine": "transformers", "max_loaded_adapters": self.capacity,
                                                 "default_adapter": None})
         self.service = Service(self.settings)
@@ -120,7 +120,7 @@ class ReplicaBase:
                 try:
                     entry = await self._acquire(job.adapter)
                 except ServiceError as exc:
-                    yield _failed(request.received_at, exc)
+                    yield Finished.failed(exc, request.received_at)
                     return
                 request = replace(request, adapter=entry.engine_name)
             self.served[job.adapter.digest if job.adapter else ""] += 1
@@ -229,7 +229,6 @@ def build_app(settings: Settings) -> Any:
     """The Serve application of ``settings``: the replicas (ingress) and the board."""
     s = settings
     rows = s.batch_rows_for("cuda" if s.ray_gpus_per_replica > 0 else "cpu")
-    capacity = s.ray_adapters_per_replica or s.max_loaded_adapters
     options: dict[str, Any] = {
         "name": REPLICA_DEPLOYMENT,
         "ray_actor_options": {"num_cpus": s.ray_cpus_per_replica, "num_gpus": s.ray_gpus_per_replica},
@@ -247,7 +246,7 @@ def build_app(settings: Settings) -> Any:
         options["num_replicas"] = s.ray_replicas
     board: Any = serve.deployment(Board, name=BOARD_DEPLOYMENT, num_replicas=1, ray_actor_options={"num_cpus": 0},
                              max_ongoing_requests=1000, logging_config={"enable_access_log": False})
-    replica: Any = serve.deployment(replica_class(capacity), **options)
+    replica: Any = serve.deployment(replica_class(s.adapters_per_replica), **options)
     return replica.bind(replica_settings(s), board.bind(s.ray_status_period_s))
 
 
@@ -256,7 +255,3 @@ def app_builder(args: dict[str, str]) -> Any:
     settings from the environment of the node that builds it, overridden by the config's ``args``."""
     return build_app(Settings(**args))  # type: ignore[arg-type]
 
-
-def _failed(received_at: float, error: ServiceError) -> Finished:
-    now = time.perf_counter()
-    return Finished(reason=None, usage=Usage(0, 0), timings=Timings(received_at, None, None, now), error=error)

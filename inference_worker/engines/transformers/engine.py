@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future
 from typing import Any
@@ -27,8 +26,6 @@ from ..base import (
     Event,
     Finished,
     StepStats,
-    Timings,
-    Usage,
 )
 from .detok import Detokenizer
 from .lora import LoraBank, build_lora_weights, read_lora_files
@@ -99,7 +96,7 @@ class TransformersEngine:
                 self.scheduler.submit(seq)
             except ServiceError as exc:
                 finished = True
-                yield self._failed(request, exc)
+                yield Finished.failed(exc, request.received_at)
                 return
             while not finished:
                 for event in await queue.get():
@@ -110,12 +107,6 @@ class TransformersEngine:
             if not finished:  # the consumer stopped listening: stop the request
                 seq.aborted = True
                 self.scheduler.wake()
-
-    @staticmethod
-    def _failed(request: EngineRequest, error: ServiceError) -> Finished:
-        now = time.perf_counter()
-        return Finished(reason=None, usage=Usage(0, 0),
-                        timings=Timings(request.received_at, None, None, now), error=error)
 
     def abort(self, request_id: str) -> None:
         seq = self._sequences.get(request_id)
