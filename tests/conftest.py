@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -100,13 +101,19 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Target]:
         server.stop()
 
 
+def unavailable(why: str) -> NoReturn:
+    """A prerequisite of the test is missing: skipped here, a failure in CI (``CI`` set), where everything is
+    installed."""
+    if os.environ.get("CI"):
+        pytest.fail(f"missing in CI: {why}")
+    pytest.skip(why)
+
+
 def require(renderer: DiagramRenderer, *kinds: Kind) -> None:
     """Skip where a diagram renderer is not installed (``make renderers``); in CI (``CI`` set) that is a failure."""
     missing = [f"{kind.label}: {why}" for kind in kinds if (why := renderer.missing(kind)) is not None]
     if missing:
-        if os.environ.get("CI"):
-            pytest.fail("renderers missing in CI: " + "; ".join(missing))
-        pytest.skip("; ".join(missing))
+        unavailable("renderers: " + "; ".join(missing))
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from checkpoints.demo import DemoPaths
 
-from ..conftest import worker_settings
+from ..conftest import unavailable, worker_settings
 from ..helpers import Client, Stream, copy_adapter, edit_config, greedy
 from . import ray_cluster
 
@@ -30,9 +30,7 @@ _fresh = itertools.count(1)
 @pytest.fixture(scope="module")
 def cluster(demo: DemoPaths, adapter_root: Path) -> ray_cluster.RayCluster:
     if importlib.util.find_spec("ray") is None:
-        if os.environ.get("CI"):
-            pytest.fail("ray[serve] is not installed (requirements/worker.txt)")
-        pytest.skip("ray[serve] is not installed")
+        unavailable("ray[serve] is not installed (requirements/worker.txt)")
     return ray_cluster.ensure(worker_settings(demo, adapter_root))
 
 
@@ -192,7 +190,7 @@ def test_readiness_follows_the_deployment(cluster, front):
 def test_serve_config_builder_takes_settings_from_args():
     """A Serve config file's args (strings) become the settings: replicas, CPUs, autoscaling bounds."""
     if importlib.util.find_spec("ray") is None:
-        pytest.skip("ray[serve] is not installed")
+        unavailable("ray[serve] is not installed (requirements/worker.txt)")
     from inference_worker.ray.replica import app_builder
 
     fixed = app_builder({"model_name": "m", "ray_replicas": "3", "ray_cpus_per_replica": "0.5",
