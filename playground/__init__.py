@@ -1,7 +1,8 @@
 """The playground: a Streamlit app and a WebSocket client for the inference worker.
 
 - :mod:`playground.client`  talks: the asyncio WebSocket client (also a CLI, ``python -m playground.client``).
-- :mod:`playground.app`     renders: ``inference-playground`` (``python -m playground``) runs it in Streamlit.
+- :mod:`playground.app`     renders: ``inference-playground`` (``python -m playground``) runs it in Streamlit; it puts
+  together the tabs of :mod:`playground.tabs`, one module each.
 - :mod:`playground.eval`     the A/B evaluation over a set of diagrams (also a CLI, ``python -m playground.eval``).
 - :mod:`playground.store`    the history on disk (SQLite), shared by every session.
 - :mod:`playground.runs`, :mod:`playground.history`, :mod:`playground.diff`, :mod:`playground.scoring`,
