@@ -92,7 +92,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Target]:
     if external:
         yield S3Target(None, external, os.environ["TEST_MINIO_ACCESS_KEY"], os.environ["TEST_MINIO_SECRET_KEY"])
         return
-    from .s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3
+    from tools.s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3
 
     server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
     try:

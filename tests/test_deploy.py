@@ -147,6 +147,6 @@ def test_container_healthcheck_reports_readiness(worker):
     run = lambda port: subprocess.run([sys.executable, "-m", "inference_worker.healthcheck"], cwd=ROOT,  # noqa: E731
                                       env={**os.environ, "INFERENCE_PORT": str(port)}, capture_output=True)
     assert run(worker.port).returncode == 0
-    from .s3server import free_ports
+    from tools.s3server import free_ports
 
     assert run(free_ports(1)[0]).returncode == 1

