@@ -1,8 +1,11 @@
-"""Checks of a PEFT LoRA adapter directory that need no model: config, safetensors header, tensor shapes.
+"""Checks of a PEFT LoRA adapter: its directory without a model (config, safetensors header, tensor shapes), and
+its fit to a model given as a table of module shapes.
 
 Only the safetensors header is read (a little-endian u64 length, then JSON): no tensor is materialised and no
-pickle is ever opened. The model-dependent checks (do these modules exist in *this* model, with these shapes?)
-live in the worker (``inference_worker.lora``).
+pickle is ever opened. :func:`inspect_adapter` needs no model. :func:`check_compatible` holds the rules that depend on
+the model (do these modules exist in *this* model, with these shapes, selected by target_modules?) against the
+:class:`ModuleShape` table an engine supplies: the transformers engine from its live modules, the vLLM engine from
+its checkpoint's tensor headers. Rules only one engine has (its library's config parser, its own limits) stay there.
 """
 
 from __future__ import annotations
@@ -10,9 +13,10 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from wire.errors import AdapterIncompatible, AdapterInvalid, AdapterNotFound
 
@@ -48,23 +52,6 @@ PEFT_PREFIX = "base_model.model."  # of every module name in an adapter's weight
 REFUSED_CONFIG_FIELDS = ("use_dora", "lora_bias", "target_parameters", "layer_replication", "trainable_token_indices",
                          "use_qalora", "megatron_config", "alora_invocation_tokens", "arrow_config", "modules_to_save",
                          "target_modules_to_tie", "fan_in_fan_out")
-
-
-def check_targets(facts: AdapterFacts, targeted: set[str]) -> None:
-    """An adapter's ``target_modules`` and its weights agree. ``targeted``: the model's modules that target_modules
-    select, by the engine's matching rule (PEFT's). Refused: no module selected; selected modules without weights
-    (they would load as silent no-ops); weights for modules outside the selection."""
-    if not targeted:
-        raise AdapterIncompatible(f"none of target_modules {facts.target_modules} exist in this model")
-    untrained = sorted(targeted - set(facts.modules))
-    if untrained:
-        raise AdapterIncompatible(
-            f"target_modules select {len(untrained)} modules with no weights in the adapter (e.g. {untrained[0]}): "
-            "they would load as no-ops"
-        )
-    stray = sorted(set(facts.modules) - targeted)
-    if stray:
-        raise AdapterIncompatible(f"the weights adapt modules outside target_modules (e.g. {stray[0]})")
 
 
 @dataclass(frozen=True)
@@ -245,3 +232,91 @@ def inspect_adapter(directory: Path | str) -> AdapterFacts:
         tensor_bytes=tensor_bytes,
         extra_files=extras,
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The adapter against a model: module shapes supplied by the engine.
+
+
+@dataclass(frozen=True)
+class ModuleShape:
+    """One module of a model as an adapter sees it; an engine supplies a table of them (module name → shape)."""
+
+    kind: Literal["linear", "embedding", "other"]  # other: a module that no LoRA A/B pair of ours can adapt
+    in_features: int = 0  # an embedding's num_embeddings
+    out_features: int = 0  # an embedding's embedding_dim
+    type_name: str = ""  # the module's class where the engine knows it, named in refusals
+
+    def describe(self) -> str:
+        if self.kind == "other":
+            return self.type_name or "no linear or embedding module"
+        size = f"{self.in_features}→{self.out_features}"
+        return f"{self.type_name} {size}" if self.type_name else size
+
+
+def check_compatible(facts: AdapterFacts, shapes: Mapping[str, ModuleShape], *,
+                     targeted: Callable[[str], bool] | None = None, no_embeddings: str | None = None) -> None:
+    """Refuse an adapter that would fail, compute something else than PEFT would, or silently do nothing on the model
+    whose modules are ``shapes``. In order: config fields beyond plain LoRA (adapter_invalid); adapted modules the
+    model lacks (another architecture); embedding adapters where ``no_embeddings`` (the engine, named in the refusal)
+    serves none; modules of another kind or size (another base model); target_modules that disagree with the weights.
+
+    ``targeted`` says whether target_modules select a module, by the engine's matching rule (the transformers engine
+    passes PEFT's own); by default PEFT's rule on names alone (:func:`target_rule`), and no target check where names
+    cannot tell."""
+    for name in REFUSED_CONFIG_FIELDS:
+        if facts.config.get(name):
+            raise AdapterInvalid(f"{CONFIG_FILE} sets {name}={facts.config[name]!r}: only plain LoRA adapters "
+                                 "can be served per request")
+    absent = [m for m in facts.modules if m not in shapes]
+    if absent:
+        raise AdapterIncompatible(
+            f"{len(absent)} of {len(facts.modules)} adapted modules do not exist in this model (e.g. {absent[0]}): "
+            "the adapter was trained for another architecture and would do nothing"
+        )
+    for name, spec in facts.modules.items():
+        if spec.embedding and no_embeddings:
+            raise AdapterIncompatible(f"module {name}: embedding adapters are not served by {no_embeddings}")
+        shape = shapes[name]
+        kind = "embedding" if spec.embedding else "linear"
+        if (shape.kind, shape.in_features, shape.out_features) != (kind, spec.in_features, spec.out_features):
+            raise AdapterIncompatible(
+                f"module {name}: adapter expects {spec.in_features}→{spec.out_features}, the model has "
+                f"{shape.describe()} (wrong base model or size)"
+            )
+    selects = targeted if targeted is not None else target_rule(facts.config.get("target_modules"))
+    if selects is not None:
+        check_targets(facts, {name for name, shape in shapes.items() if shape.kind != "other" and selects(name)})
+
+
+def target_rule(target_modules: Any) -> Callable[[str], bool] | None:
+    """PEFT's rule for the modules ``target_modules`` select, on names alone: a string is a regular expression the
+    whole name matches; a list entry is the name or its last dotted parts. None where names cannot tell
+    (``all-linear`` selects by module type) or nothing is given."""
+    if target_modules == "all-linear" or not target_modules:
+        return None
+    if isinstance(target_modules, str):
+        try:
+            pattern = re.compile(target_modules)
+        except re.error as exc:
+            raise AdapterInvalid(f"{CONFIG_FILE}: target_modules is not a valid regular expression ({exc})") from None
+        return lambda name: pattern.fullmatch(name) is not None
+    names = [str(t) for t in target_modules]
+    return lambda name: any(name == t or name.endswith("." + t) for t in names)
+
+
+def check_targets(facts: AdapterFacts, targeted: set[str]) -> None:
+    """An adapter's ``target_modules`` and its weights agree. ``targeted``: the model's modules that target_modules
+    select, by the engine's matching rule (PEFT's). Refused: no module selected; selected modules without weights
+    (they would load as silent no-ops); weights for modules outside the selection."""
+    if not targeted:
+        raise AdapterIncompatible(f"none of target_modules {facts.target_modules} exist in this model")
+    untrained = sorted(targeted - set(facts.modules))
+    if untrained:
+        raise AdapterIncompatible(
+            f"target_modules select {len(untrained)} modules with no weights in the adapter (e.g. {untrained[0]}): "
+            "they would load as no-ops"
+        )
+    stray = sorted(set(facts.modules) - targeted)
+    if stray:
+        raise AdapterIncompatible(f"the weights adapt modules outside target_modules (e.g. {stray[0]})")

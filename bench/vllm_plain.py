@@ -31,7 +31,8 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
 
     from inference_worker.config import Settings
     from inference_worker.engines.base import ChatTurn
-    from inference_worker.engines.vllm.engine import chat_prompt, engine_kwargs, read_model_files
+    from inference_worker.engines.vllm.inputs import chat_prompt
+    from inference_worker.engines.vllm.model_files import engine_kwargs, read_model_files
 
     settings = Settings(model_name=str(args.model), max_batch_rows=args.max_batch_rows,
                         vllm_max_loras=args.max_loras, vllm_max_lora_rank=args.max_lora_rank)

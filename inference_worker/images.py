@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from wire.errors import ErrorCode, InputError
+from wire.errors import ImageTooLarge, InvalidImage, UnsupportedImage
 from wire.images import SUPPORTED_FORMATS, sniff_format
 from wire.limits import IMAGE_MAX_BYTES
 
@@ -41,44 +41,32 @@ class DecodedImage:
     size_bytes: int
 
 
-def _too_large(message: str) -> InputError:
-    return InputError(message, code=ErrorCode.IMAGE_TOO_LARGE)
-
-
-def _invalid(message: str) -> InputError:
-    return InputError(message, code=ErrorCode.INVALID_IMAGE)
-
-
-def _unsupported(message: str) -> InputError:
-    return InputError(message, code=ErrorCode.UNSUPPORTED_IMAGE)
-
-
 def decode_payload(value: str, max_bytes: int) -> bytes:
     """base64 or a ``data:`` URL → bytes, refusing oversized payloads before decoding them."""
     payload = value
     if value.startswith("data:"):
         match = _DATA_URL.match(value[:256])
         if match is None:
-            raise _invalid("malformed data URL: expected data:image/<png|jpeg|webp>;base64,<data>")
+            raise InvalidImage("malformed data URL: expected data:image/<png|jpeg|webp>;base64,<data>")
         mime = (match.group("mime") or "").lower()
         if mime not in _MIME_FORMATS:
-            raise _unsupported(f"unsupported image type {mime or '(none)'!r}; send PNG, JPEG or WebP")
+            raise UnsupportedImage(f"unsupported image type {mime or '(none)'!r}; send PNG, JPEG or WebP")
         if ";base64" not in match.group("params").lower():
-            raise _invalid("data URLs must be base64-encoded (data:image/...;base64,...)")
+            raise InvalidImage("data URLs must be base64-encoded (data:image/...;base64,...)")
         payload = value[match.end() :]
     # 4 base64 characters carry 3 bytes: refuse on the encoded length, before allocating the decoded bytes.
     if len(payload) // 4 * 3 > max_bytes + 3:
-        raise _too_large(f"image is larger than the limit of {max_bytes} bytes")
+        raise ImageTooLarge(f"image is larger than the limit of {max_bytes} bytes")
     if any(c.isspace() for c in payload[:4096]) or any(c.isspace() for c in payload[-4096:]):
         payload = "".join(payload.split())
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise _invalid("image is not valid base64") from None
+        raise InvalidImage("image is not valid base64") from None
     if len(data) > max_bytes:
-        raise _too_large(f"image is {len(data)} bytes, over the limit of {max_bytes}")
+        raise ImageTooLarge(f"image is {len(data)} bytes, over the limit of {max_bytes}")
     if not data:
-        raise _invalid("image is empty")
+        raise InvalidImage("image is empty")
     return data
 
 
@@ -87,32 +75,32 @@ def decode_image(value: str, limits: ImageLimits = ImageLimits()) -> DecodedImag
     data = decode_payload(value, limits.max_bytes)
     fmt = sniff_format(data)
     if fmt is None:
-        raise _invalid("the bytes are not a PNG, JPEG or WebP image")
+        raise InvalidImage("the bytes are not a PNG, JPEG or WebP image")
     if fmt not in SUPPORTED_FORMATS:
-        raise _unsupported(f"{fmt} images are not supported; send PNG, JPEG or WebP")
+        raise UnsupportedImage(f"{fmt} images are not supported; send PNG, JPEG or WebP")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise _too_large("image dimensions exceed the decompression-bomb limit") from None
+            raise ImageTooLarge("image dimensions exceed the decompression-bomb limit") from None
         except Exception as exc:  # PIL raises many types for broken headers
-            raise _invalid(f"cannot read the {fmt} header: {exc}") from None
+            raise InvalidImage(f"cannot read the {fmt} header: {exc}") from None
         width, height = image.size
         if width < 1 or height < 1:
-            raise _invalid(f"image has no pixels ({width}x{height})")
+            raise InvalidImage(f"image has no pixels ({width}x{height})")
         if width * height > limits.max_source_pixels:
-            raise _too_large(
+            raise ImageTooLarge(
                 f"image is {width}x{height} = {width * height} pixels, over the limit of {limits.max_source_pixels}"
             )
         if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
-            raise _invalid(f"image aspect ratio {width}x{height} is over {MAX_ASPECT_RATIO}:1")
+            raise InvalidImage(f"image aspect ratio {width}x{height} is over {MAX_ASPECT_RATIO}:1")
         try:
             image.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise _too_large("image dimensions exceed the decompression-bomb limit") from None
+            raise ImageTooLarge("image dimensions exceed the decompression-bomb limit") from None
         except Exception as exc:
-            raise _invalid(f"cannot decode the {fmt} image: {exc}") from None
+            raise InvalidImage(f"cannot decode the {fmt} image: {exc}") from None
     return DecodedImage(_to_rgb(image), fmt, width, height, len(data))
 
 

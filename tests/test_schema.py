@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from wire import protocol as p
-from wire.errors import ErrorCode, ProtocolError
+from wire.errors import UnknownType
 from wire.schema import protocol_schema
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def test_schema_accepts_valid_messages_and_refuses_invalid_ones():
     for bad in ({"type": "ping", "extra": 1}, {"type": "generate", "messages": []}, {"type": "cancel"},
                 {"type": "generate", "messages": [{"role": "user", "content": "x"}], "max_tokens": "8"}):
         assert not client.is_valid(bad), bad
-    error = p.error_message(ProtocolError("nope", code=ErrorCode.UNKNOWN_TYPE))
+    error = p.error_message(UnknownType("nope"))
     for reply in (p.Pong(request_id="1"), p.Token(content="x", session_id="s"), error,
                   p.AdapterProgress(adapter_path="a", stage="loading")):
         server.validate(json.loads(p.encode(reply)))

@@ -5,16 +5,34 @@ Every failure a client can see is a :class:`ServiceError` subclass. Its ``code``
 same request again later can succeed. The adapter store (``adapters/``) raises these too.
 
     ServiceError
-    ├── ProtocolError            invalid_json, invalid_message, unknown_type, unsupported_frame
-    ├── InputError               invalid_image, unsupported_image, image_too_large, images_not_supported,
-    │                            prompt_too_long
-    ├── SessionError             duplicate_session, unknown_session, too_many_sessions
-    ├── CapacityError            busy, shutting_down, replica_failed         (retryable)
+    ├── ProtocolError            invalid_message
+    │   ├── InvalidJson          invalid_json
+    │   ├── UnknownType          unknown_type
+    │   └── UnsupportedFrame     unsupported_frame
+    ├── InputError               (a request the model or the limits cannot take)
+    │   ├── InvalidImage         invalid_image
+    │   ├── UnsupportedImage     unsupported_image
+    │   ├── ImageTooLarge        image_too_large
+    │   ├── ImagesNotSupported   images_not_supported
+    │   └── PromptTooLong        prompt_too_long
+    ├── SessionError             (a session_id this connection cannot use)
+    │   ├── DuplicateSession     duplicate_session
+    │   ├── UnknownSession       unknown_session
+    │   └── TooManySessions      too_many_sessions                             (retryable)
+    ├── CapacityError            busy                                          (retryable)
+    │   ├── ShuttingDown         shutting_down                                 (retryable)
+    │   └── ReplicaFailed        replica_failed                                (retryable)
     ├── DeadlineExceeded         deadline_exceeded                             (retryable)
-    ├── AdapterError             adapter_not_found, adapter_invalid, adapter_incompatible,
-    │   │                        adapter_forbidden, adapter_conflict
+    ├── AdapterError             adapter_invalid
+    │   ├── AdapterNotFound      adapter_not_found
+    │   ├── AdapterInvalid       adapter_invalid
+    │   ├── AdapterIncompatible  adapter_incompatible
+    │   ├── AdapterForbidden     adapter_forbidden
+    │   ├── AdapterConflict      adapter_conflict
     │   └── StoreUnavailable     store_unavailable                             (retryable)
     └── InternalError            internal_error
+
+Each code has its own class (:func:`error_class`), so an error is raised by what it is, never by overriding a code.
 """
 
 from __future__ import annotations
@@ -60,13 +78,10 @@ class ServiceError(Exception):
     code: ErrorCode = ErrorCode.INTERNAL_ERROR
     retryable: bool = False
 
-    def __init__(self, message: str, *, code: ErrorCode | None = None, retryable: bool | None = None,
-                 detail: str | None = None) -> None:
+    def __init__(self, message: str, *, retryable: bool | None = None, detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
-        if code is not None:
-            self.code = code
         if retryable is not None:
             self.retryable = retryable
 
@@ -81,17 +96,72 @@ class ProtocolError(ServiceError):
     request_id: str | None = None  # the refused message's request_id, when it had a usable one
 
 
+class InvalidJson(ProtocolError):
+    code = ErrorCode.INVALID_JSON
+
+
+class UnknownType(ProtocolError):
+    code = ErrorCode.UNKNOWN_TYPE
+
+
+class UnsupportedFrame(ProtocolError):
+    code = ErrorCode.UNSUPPORTED_FRAME
+
+
 class InputError(ServiceError):
+    """A well-formed request that the model or the operator's limits cannot take."""
+
     code = ErrorCode.INVALID_MESSAGE
+
+
+class InvalidImage(InputError):
+    code = ErrorCode.INVALID_IMAGE
+
+
+class UnsupportedImage(InputError):
+    code = ErrorCode.UNSUPPORTED_IMAGE
+
+
+class ImageTooLarge(InputError):
+    code = ErrorCode.IMAGE_TOO_LARGE
+
+
+class ImagesNotSupported(InputError):
+    code = ErrorCode.IMAGES_NOT_SUPPORTED
+
+
+class PromptTooLong(InputError):
+    code = ErrorCode.PROMPT_TOO_LONG
 
 
 class SessionError(ServiceError):
     code = ErrorCode.UNKNOWN_SESSION
 
 
+class DuplicateSession(SessionError):
+    code = ErrorCode.DUPLICATE_SESSION
+
+
+class UnknownSession(SessionError):
+    code = ErrorCode.UNKNOWN_SESSION
+
+
+class TooManySessions(SessionError):
+    code = ErrorCode.TOO_MANY_SESSIONS
+    retryable = True
+
+
 class CapacityError(ServiceError):
     code = ErrorCode.BUSY
     retryable = True
+
+
+class ShuttingDown(CapacityError):
+    code = ErrorCode.SHUTTING_DOWN
+
+
+class ReplicaFailed(CapacityError):
+    code = ErrorCode.REPLICA_FAILED
 
 
 class DeadlineExceeded(ServiceError):
@@ -130,3 +200,20 @@ class StoreUnavailable(AdapterError):
 
 class InternalError(ServiceError):
     code = ErrorCode.INTERNAL_ERROR
+
+
+def _classes(base: type[ServiceError]) -> list[type[ServiceError]]:
+    return [base, *(c for sub in base.__subclasses__() for c in _classes(sub))]
+
+
+# The class of each code: the most specific class whose own code it is (a base class names its default code too,
+# e.g. CapacityError is busy, AdapterError and AdapterInvalid are both adapter_invalid: the leaf wins).
+_BY_CODE: dict[ErrorCode, type[ServiceError]] = {}
+for _cls in _classes(ServiceError):
+    if _cls.code not in _BY_CODE or issubclass(_cls, _BY_CODE[_cls.code]):
+        _BY_CODE[_cls.code] = _cls
+
+
+def error_class(code: ErrorCode | str) -> type[ServiceError]:
+    """The class that stands for ``code`` (e.g. ``busy`` → :class:`CapacityError`)."""
+    return _BY_CODE[ErrorCode(code)]

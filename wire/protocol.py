@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from .errors import ErrorCode, ProtocolError, ServiceError
+from .errors import ErrorCode, InvalidJson, ProtocolError, ServiceError, UnknownType, UnsupportedFrame
 
 # --------------------------------------------------------------------------------------------------------------------
 # Client → server
@@ -178,25 +178,20 @@ def parse_client_message(frame: str | bytes, limits: ParseLimits = ParseLimits()
 
 def _parse(frame: str | bytes, limits: ParseLimits) -> Any:
     if isinstance(frame, bytes):
-        raise ProtocolError(
-            "binary frames are not part of the protocol: send JSON text", code=ErrorCode.UNSUPPORTED_FRAME
-        )
+        raise UnsupportedFrame("binary frames are not part of the protocol: send JSON text")
     _check_json_items(frame, limits.max_frame_json_items)
     try:
         data = json.loads(frame)
     except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, or an integer of over 4300 digits
         reason = str(exc) if isinstance(exc, json.JSONDecodeError | RecursionError) else "a number has too many digits"
-        raise ProtocolError(f"the frame is not valid JSON: {reason}", code=ErrorCode.INVALID_JSON) from None
+        raise InvalidJson(f"the frame is not valid JSON: {reason}") from None
     if not isinstance(data, dict):
         raise ProtocolError(f"a message must be a JSON object, got {type(data).__name__}")
     kind = data.get("type")
     if not isinstance(kind, str):
         raise ProtocolError('a message needs a string "type"')
     if kind not in CLIENT_TYPES:
-        unknown = ProtocolError(
-            f"unknown message type {kind[:_QUOTE_CHARS]!r}; known: {', '.join(CLIENT_TYPES)}",
-            code=ErrorCode.UNKNOWN_TYPE,
-        )
+        unknown = UnknownType(f"unknown message type {kind[:_QUOTE_CHARS]!r}; known: {', '.join(CLIENT_TYPES)}")
         if _usable_id(data.get("request_id")):
             unknown.request_id = data["request_id"]
         raise unknown

@@ -5,7 +5,7 @@ Shaped on vLLM's ``AsyncLLM`` and transformers' continuous-batching manager: the
 iterates the request's events from :meth:`Engine.generate` — :class:`TextDelta` pieces, then exactly one
 :class:`Finished` — and may :meth:`Engine.abort` it at any time. Adapters are added and removed by name
 (:meth:`Engine.add_adapter` / :meth:`Engine.remove_adapter`); which adapters stay loaded is decided above the engine
-(``inference_worker.adapter_registry``). :meth:`Engine.status` reports the batch, the queue and the KV memory.
+(``inference_worker.adapter_registry``). :meth:`Engine.status` reports the running batch and the KV memory.
 
     async for event in engine.generate(request):
         match event:
@@ -13,8 +13,12 @@ iterates the request's events from :meth:`Engine.generate` — :class:`TextDelta
             case Finished(reason=reason, error=None): ...
             case Finished(error=error): ...          # the request failed; ``error`` is a ServiceError
 
-The stream of one request always ends with one :class:`Finished`, whatever happens (cancel, deadline, a failure
-of that request, a failure of the engine), and the text deltas of a request add up to its whole answer.
+The stream of one request always ends with one :class:`Finished`, whatever happens (an abort, a failure of that
+request, a failure of the engine), and the text deltas of a request add up to its whole answer.
+
+Deadlines and queueing are the request front's (``Service.generate``): it admits a request before the engine sees it
+and, when GENERATION_TIMEOUT_S passes, calls :meth:`Engine.abort` and reports ``deadline_exceeded`` itself. An
+engine has no clock of its own for a request and counts only what runs in its batch.
 """
 
 from __future__ import annotations
@@ -60,7 +64,6 @@ class EngineRequest:
     turns: tuple[ChatTurn, ...]
     sampling: SamplingParams
     adapter: str | None  # the engine's name of a loaded adapter (Engine.add_adapter), None for the base model
-    deadline: float | None = None  # time.monotonic() after which the request ends with deadline_exceeded
     received_at: float = 0.0  # time.perf_counter() when the server accepted it (queueing is measured from here)
 
 
@@ -144,7 +147,6 @@ class AdapterOrigin:
 @dataclass(frozen=True)
 class EngineStatus:
     running: int  # rows in the running batch
-    waiting: int  # requests submitted to the engine, not yet running
     max_running: int
     kv_cache_bytes: int  # KV memory allocated now
     kv_cache_max_bytes: int  # the bound admission keeps (KV_CACHE_MAX_BYTES)
@@ -184,7 +186,7 @@ class Engine(Protocol):
         ...
 
     async def remove_adapter(self, name: str) -> None:
-        """Unload an adapter no running or waiting request uses."""
+        """Unload an adapter that no request in the engine uses."""
         ...
 
     def status(self) -> EngineStatus: ...

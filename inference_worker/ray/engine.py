@@ -3,8 +3,9 @@
 The front holds no model. :meth:`RayEngine.add_adapter` has the adapter loaded on a replica (which checks it against
 the model, so a bad adapter is refused before any request uses it) and remembers its name → (ref, digest);
 :meth:`RayEngine.generate` streams from the deployment through a ``DeploymentHandle`` with
-``multiplexed_model_id=<digest>`` (Ray Serve prefers a replica that holds it) and ``stream=True``. Ending a request
-early — cancel, disconnect, deadline — calls ``cancel()`` on the response: the only thing that stops the replica's
+``multiplexed_model_id=<digest>`` (Ray Serve prefers a replica that holds it) and ``stream=True``; a task of the
+request's own relays the replica's events to its stream. Ending a request early — an abort (a cancel, or the deadline
+of the front's request), a disconnect — calls ``cancel()`` on the response: the only thing that stops the replica's
 generator (breaking out of the stream does not). A replica that dies mid-stream ends its requests with the
 retryable ``replica_failed``; Serve sends new requests to the surviving replicas while it starts a replacement.
 
@@ -19,7 +20,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncGenerator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -27,7 +28,7 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, RequestCancelledError
 
-from wire.errors import CapacityError, ErrorCode, InternalError, ServiceError
+from wire.errors import CapacityError, InternalError, ReplicaFailed, ServiceError
 
 from ..config import Settings
 from ..engines.base import (
@@ -41,6 +42,7 @@ from ..engines.base import (
     Timings,
     Usage,
 )
+from ..engines.streams import Outbox, RequestStreams
 from . import BOARD_DEPLOYMENT
 from .messages import ReplicaDescription, ReplicaJob, ReplicaReport
 
@@ -63,6 +65,15 @@ def connect_ray(settings: Settings) -> bool:
     return True
 
 
+@dataclass
+class _Remote:
+    """One request on its way through the deployment."""
+
+    response: Any  # the DeploymentResponseGenerator
+    task: asyncio.Task[None] | None = None  # relays the replica's events to the request's stream
+    cancelled: bool = False
+
+
 class RayEngine:
     def __init__(self, settings: Settings, handle: Any, board: Any, description: ReplicaDescription,
                  owns_ray: bool) -> None:
@@ -76,8 +87,7 @@ class RayEngine:
         self.replicas: list[ReplicaReport] = []
         self.board_error: str | None = None
         self._adapters: dict[str, AdapterOrigin] = {}
-        self._responses: dict[str, Any] = {}
-        self._cancelled: set[str] = set()
+        self._streams: RequestStreams[_Remote] = RequestStreams(abort=_cancel)
         self._watcher: asyncio.Task[None] | None = None
 
     @classmethod
@@ -106,64 +116,56 @@ class RayEngine:
         return engine
 
     # ---- requests --------------------------------------------------------------------------------------------
-    async def generate(self, request: EngineRequest) -> AsyncGenerator[Event, None]:
+    def generate(self, request: EngineRequest) -> AsyncGenerator[Event, None]:
+        return self._streams.stream(request, start=lambda outbox: self._send(request, outbox))
+
+    def _send(self, request: EngineRequest, outbox: Outbox) -> _Remote:
         origin = None
         if request.adapter is not None:
             origin = self._adapters.get(request.adapter)
             if origin is None:
-                yield Finished.failed(InternalError(f"adapter {request.adapter} is not known to the engine"),
-                                      request.received_at)
-                return
-        timeout = None if request.deadline is None else max(0.0, request.deadline - time.monotonic())
-        job = ReplicaJob(request=replace(request, adapter=None), adapter=origin, timeout_s=timeout)
+                raise InternalError(f"adapter {request.adapter} is not known to the engine")
+        job = ReplicaJob(request=replace(request, adapter=None), adapter=origin)
         handle = self.handle.options(stream=True, multiplexed_model_id=origin.digest if origin else "")
-        response = handle.generate.remote(job)
-        self._responses[request.request_id] = response
-        finished = False
+        remote = _Remote(handle.generate.remote(job))
+        remote.task = asyncio.get_running_loop().create_task(self._relay(request, remote, outbox))
+        return remote
+
+    async def _relay(self, request: EngineRequest, remote: _Remote, outbox: Outbox) -> None:
+        """The replica's events into the request's stream, ending with exactly one Finished whatever happens."""
         first_token_at: float | None = None
         deltas = 0
         try:
-            try:
-                async for event in response:
-                    if isinstance(event, TextDelta):
-                        if first_token_at is None:
-                            first_token_at = time.perf_counter()
-                        deltas += 1
-                        yield event
-                        continue
-                    finished = True
-                    yield _localized(request, event, first_token_at)
-                    return
-                error: ServiceError = InternalError("the replica's stream ended without a result")
-            except RequestCancelledError:
-                if request.request_id not in self._cancelled:
-                    raise
-                finished = True
-                now = time.perf_counter()
-                yield Finished(reason="cancelled", usage=Usage(0, deltas),
-                               timings=Timings(request.received_at, None, first_token_at, now))
+            async for event in remote.response:
+                if isinstance(event, TextDelta):
+                    if first_token_at is None:
+                        first_token_at = time.perf_counter()
+                    deltas += 1
+                    outbox.put(event)
+                    continue
+                outbox.put(_localized(request, event, first_token_at))
                 return
-            except _REPLICA_LOST as exc:
-                error = CapacityError("the model replica serving this request failed; retry",
-                                      code=ErrorCode.REPLICA_FAILED, detail=repr(exc)[:500])
-            except BackPressureError as exc:
-                error = CapacityError("every model replica is at capacity; retry later", detail=repr(exc)[:500])
-            except Exception as exc:
-                log.exception("request %s: the Ray deployment failed", request.request_id)
-                error = InternalError("the model deployment failed", detail=repr(exc)[:500])
-            finished = True
-            yield Finished.failed(error, request.received_at, first_token_at)
-        finally:
-            self._responses.pop(request.request_id, None)
-            self._cancelled.discard(request.request_id)
-            if not finished:  # the consumer stopped listening: stop the replica's generator
-                response.cancel()
+            error: ServiceError = InternalError("the replica's stream ended without a result")
+        except asyncio.CancelledError:  # the relay itself (the event loop is closing): the replica stops too
+            remote.response.cancel()
+            outbox.put(_cancelled(request, deltas, first_token_at))
+            raise
+        except RequestCancelledError as exc:
+            if remote.cancelled:
+                outbox.put(_cancelled(request, deltas, first_token_at))
+                return
+            error = InternalError("the deployment cancelled the request", detail=repr(exc)[:500])
+        except _REPLICA_LOST as exc:
+            error = ReplicaFailed("the model replica serving this request failed; retry", detail=repr(exc)[:500])
+        except BackPressureError as exc:
+            error = CapacityError("every model replica is at capacity; retry later", detail=repr(exc)[:500])
+        except Exception as exc:
+            log.exception("request %s: the Ray deployment failed", request.request_id)
+            error = InternalError("the model deployment failed", detail=repr(exc)[:500])
+        outbox.put(Finished.failed(error, request.received_at, first_token_at))
 
     def abort(self, request_id: str) -> None:
-        response = self._responses.get(request_id)
-        if response is not None and request_id not in self._cancelled:
-            self._cancelled.add(request_id)
-            response.cancel()
+        self._streams.abort(request_id)
 
     # ---- adapters --------------------------------------------------------------------------------------------
     async def add_adapter(self, name: str, facts: Any, origin: AdapterOrigin | None = None) -> AdapterInfo:
@@ -228,7 +230,6 @@ class RayEngine:
         digests = {origin.digest: name for name, origin in self._adapters.items()}
         return EngineStatus(
             running=sum(r.running for r in replicas),
-            waiting=sum(r.waiting for r in replicas),
             max_running=sum(r.max_running for r in replicas) or self.rows_per_replica,
             kv_cache_bytes=sum(r.kv_cache_bytes for r in replicas),
             kv_cache_max_bytes=sum(r.kv_cache_max_bytes for r in replicas),
@@ -248,10 +249,28 @@ class RayEngine:
     async def close(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
-        for request_id in list(self._responses):
-            self.abort(request_id)
+        remotes = self._streams.handles()
+        for remote in remotes:
+            _cancel(remote)
+        tasks = [r.task for r in remotes if r.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
         if self.owns_ray:
             await asyncio.to_thread(ray.shutdown)
+
+
+def _cancel(remote: _Remote) -> None:
+    """Stop one request (any thread, idempotent): cancel its response, on the event loop that relays it."""
+    if remote.cancelled or remote.task is None:
+        return
+    remote.cancelled = True
+    remote.task.get_loop().call_soon_threadsafe(remote.response.cancel)
+
+
+def _cancelled(request: EngineRequest, deltas: int, first_token_at: float | None) -> Finished:
+    """The end of a request aborted here: the replica's usage never comes, the deltas streamed stand for it."""
+    return Finished(reason="cancelled", usage=Usage(0, deltas),
+                    timings=Timings(request.received_at, None, first_token_at, time.perf_counter()))
 
 
 def _localized(request: EngineRequest, finished: Finished, first_token_at: float | None) -> Finished:

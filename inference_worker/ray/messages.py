@@ -11,11 +11,11 @@ from ..engines.base import AdapterOrigin, Capabilities, EngineRequest, ModelInfo
 @dataclass(frozen=True)
 class ReplicaJob:
     """One request for a replica: the engine request with no adapter name (names are each process's own) and the
-    adapter's origin, whose digest is the request's multiplexed model id."""
+    adapter's origin, whose digest is the request's multiplexed model id. No deadline: the front that admitted the
+    request owns it, and cancels the request's response when it passes."""
 
     request: EngineRequest
     adapter: AdapterOrigin | None
-    timeout_s: float | None  # what is left of the request's deadline (clocks of two machines do not compare)
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,6 @@ class ReplicaReport:
     node: str
     pid: int
     running: int
-    waiting: int
     max_running: int
     kv_cache_bytes: int
     kv_cache_max_bytes: int
@@ -53,7 +52,7 @@ class ReplicaReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "replica": self.replica, "actor": self.actor, "node": self.node, "pid": self.pid,
-            "running": self.running, "waiting": self.waiting, "max_running": self.max_running,
+            "running": self.running, "max_running": self.max_running,
             "kv_cache_bytes": self.kv_cache_bytes,
             "adapters": [{"name": a.name, "ref": a.ref, "digest": a.digest, "running": a.running}
                          for a in self.adapters],

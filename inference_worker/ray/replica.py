@@ -112,8 +112,7 @@ class ReplicaBase:
 
     async def generate(self, job: ReplicaJob) -> AsyncGenerator[Event, None]:
         """The events of one request; a cancel of the caller's response stops it here (CancelledError)."""
-        request = replace(job.request, adapter=None, received_at=time.perf_counter(),
-                          deadline=None if job.timeout_s is None else time.monotonic() + job.timeout_s)
+        request = replace(job.request, adapter=None, received_at=time.perf_counter())
         entry: Loaded | None = None
         try:
             if job.adapter is not None:
@@ -137,7 +136,7 @@ class ReplicaBase:
         self.sequence += 1
         return ReplicaReport(
             replica=self.replica_id, actor=self.actor_name, node=self.node, pid=os.getpid(),
-            running=status.running, waiting=status.waiting, max_running=status.max_running,
+            running=status.running, max_running=status.max_running,
             kv_cache_bytes=status.kv_cache_bytes, kv_cache_max_bytes=status.kv_cache_max_bytes,
             adapters=tuple(sorted((LoadedAdapter(e.name, e.ref, e.digest, e.running)
                                    for e in self.registry.loaded.values()), key=lambda a: a.digest)),

@@ -132,5 +132,5 @@ def test_status_and_metrics_report_vllms_scheduler(vllm):
     details = status["engine_details"]
     assert details["engine"] == "vllm" and details["max_loras"] == 2 and details["max_lora_rank"] == 64
     assert 0 < details["kv_cache_usage"] <= 1
-    assert "inference_engine_waiting" in metrics and "inference_kv_cache_bytes" in metrics
+    assert "inference_running_generations" in metrics and "inference_kv_cache_bytes" in metrics
     assert json.loads(json.dumps(details))  # plain JSON

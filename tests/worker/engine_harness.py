@@ -19,13 +19,13 @@ _ids = itertools.count()
 def request(text: str = "Describe the process.", *, images: tuple[Any, ...] = (), adapter: str | None = None,
             max_tokens: int = 24, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
             repetition_penalty: float | None = None, seed: int = 0, stop: tuple[str, ...] = (),
-            deadline: float | None = None, system: str | None = None) -> EngineRequest:
+            system: str | None = None) -> EngineRequest:
     turns = ((ChatTurn("system", system),) if system else ()) + (ChatTurn("user", text, images),)
     return EngineRequest(
         request_id=f"t{next(_ids)}", turns=turns,
         sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
                                 repetition_penalty=repetition_penalty, seed=seed, max_tokens=max_tokens, stop=stop),
-        adapter=adapter, deadline=deadline, received_at=time.perf_counter(),
+        adapter=adapter, received_at=time.perf_counter(),
     )
 
 

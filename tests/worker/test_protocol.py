@@ -263,3 +263,16 @@ def test_request_id_is_encoded_only_when_there_is_one():
     assert json.loads(p.encode(p.Pong(request_id=None))) == {"type": "pong"}
     assert json.loads(p.encode(p.Pong(request_id="r-1"))) == {"type": "pong", "request_id": "r-1"}
     assert p.parse_server_message('{"type": "pong", "request_id": "r-1"}').request_id == "r-1"
+
+
+def test_every_error_code_has_a_class_of_its_own():
+    """Each code is raised by its own class (``error_class``), never by overriding another class's code."""
+    import inspect
+
+    from wire.errors import ServiceError, error_class
+
+    for code in ErrorCode:
+        cls = error_class(code)
+        assert cls.code == code and issubclass(cls, ServiceError)
+        assert cls(f"a {code}").code == code
+    assert "code" not in inspect.signature(ServiceError.__init__).parameters

@@ -4,7 +4,8 @@ scheduler thread (continuous batching, an adapter per row).
 The event loop never touches the model. :meth:`TransformersEngine.launch` starts the engine's thread, which loads
 the model and then runs the scheduler loop: every torch computation — preparing requests, prefills, decode steps,
 converting adapter tensors — happens on that one thread (see ``scheduler.py`` for why). A request's events come back
-to the event loop in one ``call_soon_threadsafe`` per scheduler step; adapter files are read on a worker thread.
+to the event loop in one ``call_soon_threadsafe`` per scheduler step (``streams.Outbox``); adapter files are read on
+a worker thread.
 """
 
 from __future__ import annotations
@@ -16,17 +17,10 @@ from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future
 from typing import Any
 
-from wire.errors import InternalError, ServiceError
+from wire.errors import InternalError
 
-from ..base import (
-    AdapterInfo,
-    AdapterOrigin,
-    EngineRequest,
-    EngineStatus,
-    Event,
-    Finished,
-    StepStats,
-)
+from ..base import AdapterInfo, AdapterOrigin, EngineRequest, EngineStatus, Event, StepStats
+from ..streams import Outbox, RequestStreams
 from .detok import Detokenizer
 from .lora import LoraBank, build_lora_weights, read_lora_files
 from .model import LoadedModel
@@ -45,7 +39,7 @@ class TransformersEngine:
         self.bank = LoraBank(lm.model)
         self.scheduler = Scheduler(lm, self.bank, max_rows=max_running, kv_cache_max_bytes=kv_cache_max_bytes,
                                    vision_cache_max_bytes=vision_cache_max_bytes, on_step=on_step)
-        self._sequences: dict[str, Sequence] = {}
+        self._streams: RequestStreams[Sequence] = RequestStreams(abort=self._stop)
         self._started = False
 
     @classmethod
@@ -77,42 +71,22 @@ class TransformersEngine:
             self.scheduler.start()
 
     # ---- requests --------------------------------------------------------------------------------------------
-    async def generate(self, request: EngineRequest) -> AsyncGenerator[Event, None]:
+    def generate(self, request: EngineRequest) -> AsyncGenerator[Event, None]:
         self._start()
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[list[Event]] = asyncio.Queue()
+        return self._streams.stream(request, start=lambda outbox: self._submit(request, outbox))
 
-        def deliver(events: list[Event]) -> None:  # scheduler thread
-            loop.call_soon_threadsafe(queue.put_nowait, events)
-
-        if request.request_id in self._sequences:
-            raise ValueError(f"request id {request.request_id!r} is already in the engine")
+    def _submit(self, request: EngineRequest, outbox: Outbox) -> Sequence:
         seq = Sequence(request, RowSampler(request.sampling, self.lm.device),
-                       Detokenizer(self.lm.tokenizer, request.sampling.stop), deliver)
-        self._sequences[request.request_id] = seq
-        finished = False
-        try:
-            try:
-                self.scheduler.submit(seq)
-            except ServiceError as exc:
-                finished = True
-                yield Finished.failed(exc, request.received_at)
-                return
-            while not finished:
-                for event in await queue.get():
-                    finished = isinstance(event, Finished)
-                    yield event
-        finally:
-            self._sequences.pop(request.request_id, None)
-            if not finished:  # the consumer stopped listening: stop the request
-                seq.aborted = True
-                self.scheduler.wake()
+                       Detokenizer(self.lm.tokenizer, request.sampling.stop), outbox.put_threadsafe)
+        self.scheduler.submit(seq)
+        return seq
 
     def abort(self, request_id: str) -> None:
-        seq = self._sequences.get(request_id)
-        if seq is not None:
-            seq.aborted = True
-            self.scheduler.wake()
+        self._streams.abort(request_id)
+
+    def _stop(self, seq: Sequence) -> None:
+        seq.aborted = True  # the scheduler ends it at its next turn
+        self.scheduler.wake()
 
     # ---- adapters --------------------------------------------------------------------------------------------
     async def add_adapter(self, name: str, facts: Any, origin: AdapterOrigin | None = None) -> AdapterInfo:
@@ -143,11 +117,9 @@ class TransformersEngine:
 
     # ---- status and lifecycle --------------------------------------------------------------------------------
     def status(self) -> EngineStatus:
-        running, waiting = self.scheduler.counts()
         vision = self.scheduler.vision
         return EngineStatus(
-            running=running,
-            waiting=waiting,
+            running=len(self.scheduler.running),
             max_running=self.scheduler.max_rows,
             kv_cache_bytes=self.scheduler.cache.allocated_bytes(),
             kv_cache_max_bytes=self.scheduler.kv_cache_max_bytes,

@@ -11,8 +11,9 @@ The arithmetic is PEFT's (``lora_B(lora_A(x)) * scaling`` added to the base outp
 ``alpha / sqrt(r)`` with rsLoRA; ``rank_pattern``/``alpha_pattern`` per module), so outputs equal PEFT's for the
 same adapter (tested). LoRA variants that change the arithmetic (DoRA, aLoRA, biases, …) are refused at load.
 
-Loading is in three steps: :func:`read_lora_files` checks the adapter against the model and reads its files
-(blocking I/O, any thread); :func:`build_lora_weights` converts its tensors and :meth:`LoraBank.install` makes it
+Loading is in three steps: :func:`read_lora_files` checks the adapter against the model (``adapters.validate``'s
+rules on the bank's table of module shapes, PEFT's config parser and target matching) and reads its files (blocking
+I/O, any thread); :func:`build_lora_weights` converts its tensors and :meth:`LoraBank.install` makes it
 usable (on the model's thread, between two forward passes).
 """
 
@@ -30,8 +31,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from adapters.validate import PEFT_PREFIX, REFUSED_CONFIG_FIELDS, WEIGHTS_FILE, AdapterFacts, check_targets
-from wire.errors import AdapterConflict, AdapterIncompatible, AdapterInvalid
+from adapters.validate import PEFT_PREFIX, WEIGHTS_FILE, AdapterFacts, ModuleShape, check_compatible
+from wire.errors import AdapterConflict, AdapterInvalid
+
+from ..errors import scrubbed
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class LoraBank:
         self._hooks: dict[str, _Hooked] = {}
         self._current: LoraMapping = _BASE
         self._modules = dict(model.named_modules())
+        self.shapes = {name: _shape(module) for name, module in self._modules.items() if name}
         visual = getattr(getattr(model, "model", None), "visual", None)
         self._vision_prefix = next((n + "." for n, m in model.named_modules() if m is visual), None) if visual else None
         # PEFT's LoraConfig (parsing adapter_config.json) is imported now, at startup, not in the first load.
@@ -173,20 +177,6 @@ class LoraBank:
         """The modules that carry a LoRA hook now (those some installed adapter adapts)."""
         return sorted(self._hooks)
 
-    # ---- the model's modules ---------------------------------------------------------------------------------
-    def describe_module(self, name: str) -> str:
-        module = self._modules.get(name)
-        for a, b in (("in_features", "out_features"), ("num_embeddings", "embedding_dim")):
-            if hasattr(module, a):
-                return f"{type(module).__name__} {getattr(module, a)}→{getattr(module, b)}"
-        return type(module).__name__
-
-    def module(self, name: str) -> Any:
-        return self._modules.get(name)
-
-    def module_names(self) -> list[str]:
-        return list(self._modules)
-
 
 def _delta(lora: ModuleLora, x: torch.Tensor) -> torch.Tensor:
     """PEFT's arithmetic for one module: ``lora_B(lora_A(x)) * scaling`` (Linear) or its embedding form."""
@@ -199,60 +189,36 @@ def _delta(lora: ModuleLora, x: torch.Tensor) -> torch.Tensor:
 # Loading: the adapter's files checked against this model, then its tensors.
 
 
-def check_compatible(bank: LoraBank, facts: AdapterFacts) -> Any:
-    """Refuse an adapter that would fail, compute something else than PEFT would, or silently do nothing on this
-    model. Returns its ``LoraConfig``."""
+def lora_config(facts: AdapterFacts) -> Any:
+    """The adapter's ``LoraConfig`` as PEFT reads it; refused where it asks for a LoRA variant."""
     from peft import LoraConfig
-    from peft.tuners.tuners_utils import check_target_module_exists
 
-    for name in REFUSED_CONFIG_FIELDS:
-        if facts.config.get(name):
-            raise AdapterInvalid(f"adapter_config.json sets {name}={facts.config[name]!r}: only plain LoRA adapters "
-                                 "can be served per request")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             config = LoraConfig.from_pretrained(str(facts.path))
     except Exception as exc:
-        raise AdapterInvalid(f"adapter_config.json is not a valid LoRA config: {_scrub(exc, facts)}",
+        raise AdapterInvalid(f"adapter_config.json is not a valid LoRA config: {scrubbed(exc, facts.path)}",
                              detail=f"{facts.path}: {exc}") from None
     variants = _requested_variants(config)
     if variants:
         raise AdapterInvalid(f"LoRA variant {', '.join(variants)} is not supported: only plain LoRA adapters can be "
                              "served per request")
-    absent = [m for m in facts.modules if bank.module(m) is None]
-    if absent:
-        raise AdapterIncompatible(
-            f"{len(absent)} of {len(facts.modules)} adapted modules do not exist in this model (e.g. {absent[0]}): "
-            "the adapter was trained for another architecture and would do nothing"
-        )
-    for name, spec in facts.modules.items():
-        module = bank.module(name)
-        if spec.embedding:
-            ok = isinstance(module, torch.nn.Embedding) and (module.num_embeddings, module.embedding_dim) == (
-                spec.in_features, spec.out_features)
-        else:
-            ok = isinstance(module, torch.nn.Linear) and (module.in_features, module.out_features) == (
-                spec.in_features, spec.out_features)
-        if not ok:
-            raise AdapterIncompatible(
-                f"module {name}: adapter expects {spec.in_features}→{spec.out_features}, the model has "
-                f"{bank.describe_module(name)} (wrong base model or size)"
-            )
-    check_targets(facts, {n for n in bank.module_names() if n and _targets(check_target_module_exists, config, n)})
     return config
 
 
 def read_lora_files(bank: LoraBank, facts: AdapterFacts) -> tuple[Any, dict[str, torch.Tensor]]:
     """Check the adapter against the model and read its tensors as stored (blocking file I/O, no computation: any
     thread). Returns its ``LoraConfig`` and the tensors by key."""
+    from peft.tuners.tuners_utils import check_target_module_exists
     from safetensors.torch import load_file
 
-    config = check_compatible(bank, facts)
+    config = lora_config(facts)
+    check_compatible(facts, bank.shapes, targeted=lambda name: _targets(check_target_module_exists, config, name))
     try:
         raw = load_file(str(Path(facts.path) / WEIGHTS_FILE))
     except Exception as exc:
-        raise AdapterInvalid(f"cannot read {WEIGHTS_FILE}: {_scrub(exc, facts)}",
+        raise AdapterInvalid(f"cannot read {WEIGHTS_FILE}: {scrubbed(exc, facts.path)}",
                              detail=f"{facts.path}: {exc}") from None
     return config, raw
 
@@ -296,11 +262,6 @@ def build_lora_weights(bank: LoraBank, facts: AdapterFacts, config: Any, raw: di
     )
 
 
-def _scrub(exc: BaseException, facts: AdapterFacts) -> str:
-    """A library's error text for a client: without the server's directory of the adapter."""
-    return f"{type(exc).__name__}: {exc}".replace(str(facts.path), "<adapter>")[:300]
-
-
 def _requested_variants(config: Any) -> list[str]:
     """The LoRA variants (DoRA, aLoRA, special initialisations that change the forward) a config asks for."""
     out = []
@@ -318,3 +279,12 @@ def _targets(check: Any, config: Any, name: str) -> bool:
         return bool(check(config, name))
     except Exception:
         return False
+
+
+def _shape(module: Any) -> ModuleShape:
+    name = type(module).__name__
+    if isinstance(module, torch.nn.Linear):
+        return ModuleShape("linear", module.in_features, module.out_features, name)
+    if isinstance(module, torch.nn.Embedding):
+        return ModuleShape("embedding", module.num_embeddings, module.embedding_dim, name)
+    return ModuleShape("other", type_name=name)

@@ -2,8 +2,8 @@
 
 :func:`load_model` is what users run on ``Qwen/Qwen3-VL-2B-Instruct`` and what the tests run on checkpoints the
 project builds itself. :meth:`LoadedModel.prepare` (chat template, image preprocessing, tokenization, Qwen3-VL's
-M-RoPE positions) is blocking CPU work that needs no lock on the model: the engine runs it on a preparation thread
-while the scheduler thread keeps decoding.
+M-RoPE positions) runs on the scheduler thread, like every torch computation of the engine (``scheduler.py`` says
+why), between two decode steps.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from wire.errors import ErrorCode, InputError
+from wire.errors import ImagesNotSupported, PromptTooLong
 
-from ..base import Capabilities, ChatTurn, ModelInfo
+from ..base import ChatTurn, ModelInfo
+from ..capabilities import model_capabilities
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +92,8 @@ class LoadedModel:
         gen = getattr(model, "generation_config", None)
         eos = getattr(gen, "eos_token_id", None)
         self.eos_ids = frozenset(e for e in (eos if isinstance(eos, list) else [eos]) if e is not None)
-        # A byte-level token's vocabulary entry has one character per byte, so its length bounds the characters
-        # it can decode to.
-        longest = max((len(t) for t in tokenizer.get_vocab()), default=1) or 1
-        self.capabilities = Capabilities(
-            vision=info.vision, max_chars_per_token=longest, sampling_defaults=_sampling_defaults(gen)
-        )
+        self.capabilities = model_capabilities(vision=info.vision, tokenizer=tokenizer,
+                                               generation_config=gen.to_dict() if gen is not None else None)
         text_config = model.config.get_text_config()
         self.num_layers = int(text_config.num_hidden_layers)
         self.kv_heads = int(getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads)
@@ -126,15 +123,14 @@ class LoadedModel:
 
     # ---- prompts ---------------------------------------------------------------------------------------------
     def prepare(self, turns: tuple[ChatTurn, ...]) -> Prepared:
-        """Chat template + images → the prefill's inputs on the device. Blocking (a preparation thread)."""
+        """Chat template + images → the prefill's inputs on the device (the scheduler thread)."""
         import torch
 
         if self.info.vision:
             inputs, images = self._prepare_vision(turns)
         else:
             if any(t.images for t in turns):  # the validator refuses this first; kept as the engine's own guard
-                raise InputError(f"{self.info.name} is a text-only model: it cannot read images",
-                                 code=ErrorCode.IMAGES_NOT_SUPPORTED)
+                raise ImagesNotSupported(f"{self.info.name} is a text-only model: it cannot read images")
             messages = [{"role": t.role, "content": t.text} for t in turns]
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             inputs = dict(self.tokenizer([text], return_tensors="pt", add_special_tokens=False))
@@ -142,9 +138,8 @@ class LoadedModel:
         input_ids = inputs.pop("input_ids")
         length = int(input_ids.shape[1])
         if length > self.max_prompt_tokens:
-            raise InputError(
+            raise PromptTooLong(
                 f"prompt is {length} tokens (images included), over the limit of {self.max_prompt_tokens}",
-                code=ErrorCode.PROMPT_TOO_LONG,
             )
         rope_delta = 0
         image_tokens = 0
@@ -194,18 +189,6 @@ def _images_key(images: list[Any]) -> str | None:
         h.update(f"{img.mode}:{img.size[0]}x{img.size[1]};".encode())
         h.update(img.tobytes())
     return h.hexdigest()
-
-
-def _sampling_defaults(gen: Any) -> dict[str, Any]:
-    """The model's own sampling defaults (its generation_config), used for parameters a request omits."""
-    if gen is None or not getattr(gen, "do_sample", False):
-        return {"temperature": 0.0, "top_k": None, "top_p": None, "repetition_penalty": None}
-    return {
-        "temperature": gen.temperature if gen.temperature is not None else 1.0,
-        "top_k": gen.top_k,
-        "top_p": gen.top_p,
-        "repetition_penalty": gen.repetition_penalty,
-    }
 
 
 def load_model(name: str, *, device: str = "auto", dtype: str = "auto", image_min_pixels: int = 64 * 64,

@@ -3,7 +3,8 @@
 Each turn of the loop, between two forward passes:
 
 1. run queued control work (adapter installs and removals),
-2. end the requests that were aborted or ran past their deadline (their rows leave the batch at once),
+2. end the requests that were aborted (their rows leave the batch at once; deadlines are the request front's, which
+   aborts a request whose time is up),
 3. admit waiting requests, first come first served, while the batch has a free row and the KV memory that
    admission reserves for the whole batch stays under ``KV_CACHE_MAX_BYTES``: each admitted request is prepared
    (chat template, image preprocessing, tokenization), runs its own prefill (vision encoder, shared through the
@@ -35,7 +36,7 @@ from typing import Any
 
 import torch
 
-from wire.errors import CapacityError, DeadlineExceeded, ErrorCode, InputError, InternalError, ServiceError
+from wire.errors import InternalError, PromptTooLong, ServiceError, ShuttingDown
 
 from ..base import EngineRequest, Event, Finished, FinishReason, StepStats, TextDelta, Timings, Usage
 from .detok import Detokenizer
@@ -114,7 +115,7 @@ class Scheduler:
     def submit(self, seq: Sequence) -> None:
         with self._cond:
             if self._closing:
-                raise CapacityError("the engine is shutting down", code=ErrorCode.SHUTTING_DOWN)
+                raise ShuttingDown("the engine is shutting down")
             self._incoming.append(seq)
             self._cond.notify()
 
@@ -123,7 +124,7 @@ class Scheduler:
         future: Future[Any] = Future()
         with self._cond:
             if self._closing:
-                future.set_exception(CapacityError("the engine is shutting down", code=ErrorCode.SHUTTING_DOWN))
+                future.set_exception(ShuttingDown("the engine is shutting down"))
                 return future
             self._commands.append((fn, future))
             self._cond.notify()
@@ -139,10 +140,6 @@ class Scheduler:
             self._cond.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
-
-    def counts(self) -> tuple[int, int]:
-        """(running, waiting), read without a lock (a snapshot for status and metrics)."""
-        return len(self.running), len(self.waiting) + len(self._incoming)
 
     # ---- the loop --------------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -171,7 +168,7 @@ class Scheduler:
                 except BaseException as exc:
                     future.set_exception(exc)
         if closing:
-            self._fail_all(CapacityError("the worker is shutting down", code=ErrorCode.SHUTTING_DOWN))
+            self._fail_all(ShuttingDown("the worker is shutting down"))
             return False
         try:
             self._admit()
@@ -186,13 +183,9 @@ class Scheduler:
 
     # ---- ending requests -------------------------------------------------------------------------------------
     def _reap(self) -> None:
-        now = time.monotonic()
         for seq in [*self.running, *self.waiting]:
             if seq.aborted:
                 self._finish(seq, "cancelled")
-            elif seq.request.deadline is not None and now >= seq.request.deadline:
-                self._finish(seq, None, DeadlineExceeded("generation did not finish within its deadline "
-                                                         "(GENERATION_TIMEOUT_S)"))
 
     def _finish(self, seq: Sequence, reason: FinishReason | None, error: ServiceError | None = None) -> None:
         if seq.done:
@@ -335,11 +328,10 @@ class Scheduler:
     def _too_big(self, seq: Sequence) -> ServiceError:
         assert seq.prepared is not None
         need = seq.reserved_len * self.cache.bytes_per_token
-        return InputError(
+        return PromptTooLong(
             f"the prompt ({seq.prepared.length} tokens) plus max_tokens ({seq.request.sampling.max_tokens}) need "
             f"{need / 2**20:.1f} MiB of KV cache, more than KV_CACHE_MAX_BYTES allows "
             f"({self.kv_cache_max_bytes / 2**20:.1f} MiB)",
-            code=ErrorCode.PROMPT_TOO_LONG,
         )
 
     def _prefill(self, seq: Sequence) -> None:
