@@ -80,7 +80,7 @@ class Settings(StoreSettings):
         ge=1,
         validation_alias=_env("MAX_CONNECTIONS"),
         description="Open WebSocket connections; beyond, handshakes get HTTP 503. Bounds the worker's total memory "
-        "for connections (README, Security).",
+        "for connections (docs/security.md).",
     )
     ws_max_queue: int = Field(
         1,
@@ -92,7 +92,7 @@ class Settings(StoreSettings):
         False,
         validation_alias=_env("WS_COMPRESSION"),
         description="Offer permessage-deflate. Off: a compressed frame can inflate ~1000x, and raises the memory "
-        "one connection can cost (README, Security).",
+        "one connection can cost (docs/security.md).",
     )
 
     # ---- adapters ----------------------------------------------------------------------------------------------

@@ -34,8 +34,6 @@ class Metrics:
         self.queue_depth = Gauge("inference_queue_depth", "Generate requests admitted, not yet in the running batch.",
                                  registry=r)
         self.running = Gauge("inference_running_generations", "Rows of the running batch.", registry=r)
-        self.engine_waiting = Gauge("inference_engine_waiting", "Requests the engine holds that are not running yet "
-                                    "(vLLM: its scheduler's waiting queue).", registry=r)
         self.batch_rows = Histogram(
             "inference_batch_rows", "Rows decoded together in one decode step.",
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64), registry=r,

@@ -25,7 +25,7 @@ from websockets.http11 import Request, Response
 from .config import Settings
 from .metrics import CONTENT_TYPE
 from .service import Service
-from .session import Session
+from .session import Session, peer
 
 log = logging.getLogger(__name__)
 _READ_CHUNK_BYTES = 16 * 1024  # the most read from one socket per event-loop callback (see _handle)
@@ -135,7 +135,7 @@ class WorkerServer:
             return self._route(request)
         except MultipleValuesError as exc:  # e.g. two Authorization or Upgrade headers: a client error, not ours
             header = str(exc.args[0]) if exc.args else "?"
-            log.info("refused a request from %s: duplicate %s header", _peer(connection), header)
+            log.info("refused a request from %s: duplicate %s header", peer(connection), header)
             return _json(HTTPStatus.BAD_REQUEST, {"error": "bad_request", "message": f"duplicate {header} header"})
 
     def _route(self, request: Request) -> Response | None:
@@ -233,9 +233,3 @@ async def run(settings: Settings) -> int:
     await worker.stop()
     return 0
 
-
-def _peer(connection: ServerConnection) -> str:
-    with contextlib.suppress(Exception):
-        host, port = connection.remote_address[:2]
-        return f"{host}:{port}"
-    return "?"

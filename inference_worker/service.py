@@ -1,95 +1,85 @@
-"""The worker's shared state: settings, engine, validator, adapters, admission, lifecycle. One per server."""
+"""The worker's one request front, and what every request shares: settings, engine, validator, adapters, admission.
+
+:meth:`Service.generate` is the single path a request takes, whatever protocol it came in by (as vLLM's
+``AsyncLLM.generate`` is for its fronts): validate once (``validation.py``) → admit (``admission.py``) → decode its
+images and build the engine request (on a thread) → pin its adapter (``adapter_registry.py``) → stream from the
+engine → one terminal event → unpin and release. It alone owns the deadline (GENERATION_TIMEOUT_S) and the queueing
+counts. A protocol front (``session.py`` for WebSocket) only turns its frames into a ``p.Generate`` and the events
+(``events.py``) back into frames; :meth:`Service.abort` stops a request from anywhere on the event loop.
+
+    async for event in service.generate(message, request_id=rid, adapter=connection_adapter):
+        match event:
+            case Accepted(): ...                  # at once, or instead:
+            case Failed(error=error): ...         # refused, or failed after it was accepted (the end)
+            case TextDelta(text=text): ...
+            case Completed(): ...                 # the end: stop, length or cancelled
+
+One per server (and one per Ray replica, which uses its startup and adapter registry only).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from adapters.factory import open_stores
 from adapters.sources import AdapterSources
 from adapters.store import AdapterStore
 from wire import protocol as p
-from wire.errors import CapacityError, ErrorCode, ServiceError
+from wire.errors import CapacityError, DeadlineExceeded, InternalError, ServiceError, ShuttingDown
 
+from .adapter_registry import AdapterRegistry, Loaded
+from .admission import Admission
 from .config import Settings
-from .engines.base import StepStats
+from .engines.base import EngineRequest, Finished, TextDelta
+from .events import Accepted, AdapterHandle, Completed, Failed, FrontEvent
 from .metrics import Metrics
+from .startup import load_engine
+from .validation import CheckedRequest, GenerateValidator
 
 if TYPE_CHECKING:
-    from .adapter_registry import AdapterRegistry, Loaded
     from .engines.base import Engine
-    from .validation import GenerateValidator
 
 log = logging.getLogger(__name__)
-
-
-class AdapterKey(Protocol):
-    @property
-    def key(self) -> str: ...
+T = TypeVar("T")
+ConnectionAdapter = AdapterHandle | Awaitable[AdapterHandle | None] | None
 
 
 class Connection(Protocol):
-    """One open connection as the service sees it (``session.Session`` is one; the service never imports it)."""
+    """An open connection as the service counts it (``connection.ConnectionState`` is one)."""
 
     @property
-    def adapter(self) -> AdapterKey | None:
+    def adapter(self) -> AdapterHandle | None:
         """The connection's active adapter, None on the base model."""
         ...
 
-    @property
-    def generations(self) -> Mapping[str, object]:
-        """Its generations not yet finished, by session id."""
-        ...
 
-    def abort_all(self, error: ServiceError) -> None:
-        """End every generation of the connection with ``error``."""
-        ...
+class _Stopped(Exception):
+    """The request was stopped (cancel, deadline, shutdown) while it waited for something."""
 
 
-class Admission:
-    """Bounded admission: generates in flight (waiting for or holding a batch row) are at most ``max_running`` +
-    ``max_queue``; beyond that a new one is told ``busy`` at once. Which of them run is the engine's business.
-    ``max_running`` is read from the engine each time: a Ray front's capacity follows its replicas as they come, go
-    and autoscale."""
+class _Flight:
+    """One admitted request until its end: how it is stopped, and why."""
 
-    def __init__(self, max_running: Callable[[], int], max_queue: int, metrics: Metrics,
-                 engine_running: Callable[[], int] = lambda: 0) -> None:
-        self._max_running = max_running
-        self.max_queue = max_queue
-        self.metrics = metrics
-        self.admitted = 0
-        self._engine_running = engine_running
+    def __init__(self) -> None:
+        self.stopped = asyncio.Event()
+        self.error: ServiceError | None = None  # when set, the request ends with this error
+        self.engine_abort: Callable[[], None] | None = None  # set while the engine runs it
 
-    @property
-    def max_running(self) -> int:
-        return self._max_running()
-
-    @property
-    def running(self) -> int:
-        return min(self._engine_running(), self.admitted)
-
-    @property
-    def queued(self) -> int:
-        return self.admitted - self.running
-
-    def admit(self) -> None:
-        if self.admitted >= self.max_running + self.max_queue:
-            raise CapacityError(
-                f"the worker is at capacity ({self.running} running, {self.queued} queued, "
-                f"MAX_BATCH_ROWS={self.max_running}, MAX_QUEUE_SIZE={self.max_queue}); retry later"
-            )
-        self.admitted += 1
-        self.metrics.queue_depth.set(self.queued)
-
-    def release(self) -> None:
-        self.admitted -= 1
-        self.metrics.queue_depth.set(self.queued)
+    def stop(self, error: ServiceError | None = None) -> None:
+        if error is not None and self.error is None and not self.stopped.is_set():
+            self.error = error
+        self.stopped.set()
+        if self.engine_abort is not None:
+            self.engine_abort()
 
 
 class Service:
@@ -104,7 +94,7 @@ class Service:
         # One thread parses large frames for every connection, in turn: off the event loop, and at most one
         # large frame's parsed copy in memory at a time.
         self.parse_pool = ThreadPoolExecutor(1, thread_name_prefix="parse")
-        self.sessions: set[Connection] = set()
+        self.connections: set[Connection] = set()
         self.engine: Engine | None = None
         self.validator: GenerateValidator | None = None
         self.registry: AdapterRegistry | None = None
@@ -116,13 +106,12 @@ class Service:
         self.model_name = settings.model_name
         self.started_at = time.time()
         self.load_error: str | None = None
+        self._flights: dict[str, _Flight] = {}  # admitted requests by request id, until their end
+        self._background: set[asyncio.Task[Any]] = set()
 
     # ---- startup ---------------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Build the demo if asked, load the engine (off the event loop), then the default adapter."""
-        from .adapter_registry import AdapterRegistry
-        from .validation import GenerateValidator
-
         s = self.settings
         if s.demo:
             from checkpoints.demo import ensure_demo
@@ -133,7 +122,7 @@ class Service:
         self.store, s3_stores = open_stores(s, s.store_dir)
         log.info("adapter store: %s", self.store.describe())
         self.sources = AdapterSources(self.store, local_roots=s.adapter_local_roots, s3_stores=s3_stores)
-        self.engine = engine = await self._load_engine()
+        self.engine = engine = await load_engine(s, self.model_name, self.metrics)
         self.metrics.model_load_seconds.set(engine.info.load_seconds)
         status = engine.status()
         self.admission = Admission(lambda: engine.status().max_running, s.max_queue_size, self.metrics,
@@ -162,46 +151,152 @@ class Service:
         self.ready = True
         self.metrics.ready.set(1)
 
-    async def _load_engine(self) -> Engine:
-        """The engine INFERENCE_ENGINE names, with its model loaded off the event loop."""
-        if self.settings.engine == "vllm":
-            from .engines.vllm import VllmEngine
+    # ---- the request front -----------------------------------------------------------------------------------
+    async def generate(self, message: p.Generate, *, request_id: str | None = None,
+                       adapter: ConnectionAdapter = None) -> AsyncGenerator[FrontEvent, None]:
+        """Run one request: ``Failed`` if it is refused, else ``Accepted``, text pieces and exactly one end
+        (``Completed`` or ``Failed``). Everything up to the first event runs without awaiting anything.
 
-            return await VllmEngine.start(self.settings, self.model_name)
-        if self.settings.engine == "ray":  # the model lives in the replicas of a Ray Serve deployment
-            from .ray.engine import RayEngine
+        ``adapter`` is the caller's adapter for a request that names none (``message.adapter`` wins when given): a
+        WebSocket connection's, or a future of it while a ``load_adapter`` sent before is still loading. Closing
+        the stream early stops the request (nothing more is yielded)."""
+        request_id = request_id or uuid.uuid4().hex
+        try:
+            checked = self._admit(message, request_id)
+        except ServiceError as exc:
+            self.count_refused(exc)
+            yield Failed(exc)
+            return
+        received = time.perf_counter()
+        flight = self._flights[request_id] = _Flight()
+        timeout = self.settings.generation_timeout_s
+        timer = asyncio.get_running_loop().call_later(timeout, flight.stop, DeadlineExceeded(
+            f"generation did not finish within GENERATION_TIMEOUT_S={timeout:g}s"))
+        entry: Loaded | None = None
+        end: Completed | Failed | None = None
+        try:
+            yield Accepted(request_id, checked.sampling.max_tokens)
+            turns = await self._unless_stopped(flight, asyncio.to_thread(checked.turns))
+            entry = await self._unless_stopped(flight, self._pin(message, adapter))
+            engine = self.engine
+            assert engine is not None
+            request = EngineRequest(request_id=request_id, turns=turns, sampling=checked.sampling,
+                                    adapter=entry.engine_name if entry else None, received_at=received)
+            flight.engine_abort = lambda: engine.abort(request_id)
+            if flight.stopped.is_set():
+                raise _Stopped
+            pieces: list[str] = []
+            finished: Finished | None = None
+            async with contextlib.aclosing(engine.generate(request)) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        pieces.append(event.text)
+                        yield event
+                    else:
+                        finished = event
+            assert finished is not None, "an engine stream always ends with Finished"
+            self._count(finished, received)
+            if finished.error is not None:
+                raise finished.error
+            if flight.error is None:
+                end = _completed(checked, finished, "".join(pieces), entry, received)
+        except _Stopped:
+            pass
+        except ServiceError as exc:
+            end = Failed(exc)
+        except Exception as exc:  # a bug: still exactly one end
+            log.exception("request %s failed", request_id)
+            end = Failed(InternalError(f"{type(exc).__name__}: {exc}"))
+        except BaseException:  # the consumer closed the stream (or was cancelled): nobody to tell the end
+            self.metrics.requests.labels("cancelled").inc()
+            raise
+        finally:
+            timer.cancel()
+            flight.engine_abort = None
+            if entry is not None and self.registry is not None:
+                try:
+                    await self.registry.unpin(entry)
+                except Exception:  # an eviction that failed must not cost this request its end
+                    log.exception("releasing adapter %s after %s failed", entry.ref, request_id)
+            self.admission.release()
+            del self._flights[request_id]  # after the last await: a drain that sees no flight sees every end sent
+        if flight.error is not None:
+            end = Failed(flight.error)
+        elif end is None:
+            end = _cancelled(checked, entry, received)
+        self.metrics.requests.labels(str(end.error.code if isinstance(end, Failed) else end.finish_reason)).inc()
+        yield end
 
-            return await RayEngine.connect(self.settings)
-        return await self._load_transformers_engine()
+    def abort(self, request_id: str, error: ServiceError | None = None) -> bool:
+        """Stop an admitted request: it ends with ``error``, or as cancelled. False if it is not running."""
+        flight = self._flights.get(request_id)
+        if flight is None:
+            return False
+        flight.stop(error)
+        return True
 
-    async def _load_transformers_engine(self) -> Engine:
-        """The transformers engine, with its model loaded on the engine's own thread."""
-        from .engines.transformers import TransformersEngine
-        from .engines.transformers.model import LoadedModel, load_model, pick_device
+    def count_refused(self, error: ServiceError) -> None:
+        """Count a generate refused before it reached :meth:`generate` (unparseable, or refused by its connection)."""
+        self.metrics.requests.labels(str(error.code)).inc()
 
-        s = self.settings
+    def _admit(self, message: p.Generate, request_id: str) -> CheckedRequest:
+        if self.draining:
+            raise ShuttingDown("the worker is shutting down")
+        if self.validator is None:
+            raise CapacityError("the model is still loading; retry later")
+        if request_id in self._flights:
+            raise InternalError(f"request id {request_id!r} is already running")
+        checked = self.validator.validate(message)
+        self.admission.admit()
+        return checked
 
-        def load() -> LoadedModel:
-            device = pick_device(s.device)
-            return load_model(self.model_name, device=device, dtype=s.torch_dtype,
-                              image_min_pixels=s.image_min_pixels, image_max_pixels=s.image_max_pixels,
-                              max_prompt_tokens=s.max_prompt_tokens, cpu_weight_layout=s.weight_layout_for(device))
+    async def _unless_stopped(self, flight: _Flight, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` unless the request is stopped first (then it finishes in the background, and an
+        adapter it pinned meanwhile is given back)."""
+        task = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(flight.stopped.wait())
+        try:
+            done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task in done and not flight.stopped.is_set():
+            try:
+                return task.result()
+            finally:
+                # An exception's traceback holds this frame: drop the task so that the exception, the task and
+                # whatever the failed call held (a 30 MB image string) do not form a cycle that outlives the request.
+                del task, done
+        if task.done():
+            self._discard_late(task)
+        else:
+            task.add_done_callback(self._discard_late)
+        raise _Stopped
 
-        def options(lm: LoadedModel) -> dict[str, Any]:
-            device = lm.info.device
-            return {"max_running": s.batch_rows_for(device), "kv_cache_max_bytes": kv_cache_bound(s, device),
-                    "vision_cache_max_bytes": s.vision_cache_max_bytes, "on_step": self._on_step}
+    def _discard_late(self, task: asyncio.Future[Any]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        result = task.result()
+        if isinstance(result, Loaded) and self.registry is not None:  # pinned just as the request was stopped
+            unpin = asyncio.ensure_future(self.registry.unpin(result))
+            self._background.add(unpin)
+            unpin.add_done_callback(self._background.discard)
 
-        return await asyncio.wrap_future(TransformersEngine.launch(load, options))
+    async def _pin(self, message: p.Generate, adapter: ConnectionAdapter) -> Loaded | None:
+        registry = self.registry
+        assert registry is not None
+        if message.adapter_given:
+            return await registry.acquire(message.adapter) if message.adapter is not None else None
+        handle = adapter if adapter is None or isinstance(adapter, AdapterHandle) else await asyncio.shield(adapter)
+        if handle is None:
+            return None
+        return await registry.acquire(handle.ref, handle.key)
 
-    def _on_step(self, stats: StepStats) -> None:
-        """Metrics of one engine step (called on the engine's thread; the Prometheus client is thread-safe)."""
-        m = self.metrics
-        m.step_seconds.labels(stats.kind).observe(stats.seconds)
-        if stats.kind == "decode":
-            m.batch_rows.observe(stats.rows)
-        for gap in stats.inter_token_s:
-            m.inter_token.observe(gap)
+    def _count(self, finished: Finished, received: float) -> None:
+        metrics = self.metrics
+        metrics.tokens.inc(finished.usage.completion_tokens)
+        metrics.prompt_tokens.inc(finished.usage.prompt_tokens)
+        if finished.timings.first_token_at is not None:
+            metrics.ttft.observe(finished.timings.first_token_at - received)
 
     # ---- views -----------------------------------------------------------------------------------------------
     @property
@@ -235,7 +330,6 @@ class Service:
         if self.engine is not None:
             status = self.engine.status()
             self.metrics.running.set(status.running)
-            self.metrics.engine_waiting.set(status.waiting)
             self.metrics.queue_depth.set(self.admission.queued)
             self.metrics.kv_cache_bytes.set(status.kv_cache_bytes)
         return self.metrics.render()
@@ -245,7 +339,7 @@ class Service:
         info = self.engine.info
         engine = self.engine.status()
         s = self.settings
-        users = Counter(session.adapter.key for session in self.sessions if session.adapter is not None)
+        users = Counter(c.adapter.key for c in self.connections if c.adapter is not None)
         return p.Status(
             ready=self.ready and self.engine_available,
             model=self.public_model_name,
@@ -265,7 +359,7 @@ class Service:
             queued=self.admission.queued,
             max_running=self.admission.max_running,
             max_queue=s.max_queue_size,
-            connections=len(self.sessions),
+            connections=len(self.connections),
             limits={
                 "max_new_tokens": s.max_new_tokens,
                 "default_max_tokens": s.default_max_tokens,
@@ -305,25 +399,19 @@ class Service:
 
     # ---- shutdown --------------------------------------------------------------------------------------------
     async def drain(self, grace_s: float) -> None:
-        """Refuse new work, let running generations finish for ``grace_s``, then end the rest with an error."""
+        """Refuse new work, let running requests finish for ``grace_s``, then end the rest with ``shutting_down``."""
         self.draining = True
         self.ready = False
         self.metrics.ready.set(0)
         deadline = time.monotonic() + grace_s
-        while self._unfinished() and time.monotonic() < deadline:
+        while self._flights and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        leftover = self._unfinished()
-        if leftover:
-            log.warning("shutdown grace period over: ending %d generations with an error", leftover)
-            for session in list(self.sessions):
-                session.abort_all(
-                    CapacityError("the worker is shutting down", code=ErrorCode.SHUTTING_DOWN)
-                )
-            while self._unfinished():
+        if self._flights:
+            log.warning("shutdown grace period over: ending %d generations with an error", len(self._flights))
+            for flight in list(self._flights.values()):
+                flight.stop(ShuttingDown("the worker is shutting down"))
+            while self._flights:
                 await asyncio.sleep(0.02)
-
-    def _unfinished(self) -> int:
-        return sum(len(s.generations) for s in self.sessions)
 
     async def close(self) -> None:
         self.parse_pool.shutdown(wait=False, cancel_futures=True)
@@ -331,13 +419,36 @@ class Service:
             await self.engine.close()
 
 
-def kv_cache_bound(settings: Settings, device: str) -> int:
-    """KV_CACHE_MAX_BYTES, or its default: 2 GiB on CPU and MPS, half the free GPU memory on CUDA."""
-    if settings.kv_cache_max_bytes is not None:
-        return settings.kv_cache_max_bytes
-    if device == "cuda":
-        import torch
+def _completed(checked: CheckedRequest, finished: Finished, content: str, entry: Loaded | None,
+               received: float) -> Completed:
+    t = finished.timings
+    first = t.first_token_at
+    decode_s = t.finished_at - first if first is not None else 0.0
+    completion = finished.usage.completion_tokens
+    sampling = checked.sampling
+    assert finished.reason is not None
+    return Completed(
+        content=content,
+        finish_reason=finished.reason,
+        usage=p.Usage(prompt_tokens=finished.usage.prompt_tokens, completion_tokens=completion,
+                      max_tokens=sampling.max_tokens),
+        timings=p.Timings(
+            queue_ms=round(((t.scheduled_at or t.finished_at) - received) * 1000, 2),
+            ttft_ms=round((first - received) * 1000, 2) if first is not None else None,
+            total_ms=round((t.finished_at - received) * 1000, 2),
+            tokens_per_s=round((completion - 1) / decode_s, 2) if completion > 1 and decode_s > 0 else None,
+        ),
+        adapter=entry.ref if entry else None,
+        seed=sampling.seed if sampling.temperature > 0 else None,
+    )
 
-        free, _total = torch.cuda.mem_get_info()
-        return max(free // 2, 64 << 20)
-    return 2 << 30
+
+def _cancelled(checked: CheckedRequest, entry: Loaded | None, received: float) -> Completed:
+    """The end of a request cancelled before it produced anything."""
+    total = round((time.perf_counter() - received) * 1000, 2)
+    return Completed(
+        content="", finish_reason="cancelled",
+        usage=p.Usage(prompt_tokens=0, completion_tokens=0, max_tokens=checked.sampling.max_tokens),
+        timings=p.Timings(queue_ms=total, ttft_ms=None, total_ms=total, tokens_per_s=None),
+        adapter=entry.ref if entry else None, seed=None,
+    )

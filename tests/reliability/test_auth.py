@@ -45,7 +45,7 @@ def test_missing_or_wrong_token_is_refused_at_the_handshake(locked, suffix, head
         Client(locked.url + "/" + suffix, additional_headers=headers)
     assert info.value.response.status_code == 401
     assert locked.service.metrics.adapter_loads.labels("loaded")._value.get() == loads_before
-    assert not locked.service.sessions
+    assert not locked.service.connections
 
 
 @pytest.mark.parametrize(("suffix", "headers"), [("?token=" + TOKEN, None), ("", {"Authorization": "Bearer " + TOKEN})])

@@ -206,7 +206,7 @@ def test_max_connections_refuses_with_503_and_frees_the_slot(demo, adapter_root)
         assert http_status(w.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 200
         first.close()
         deadline = time.monotonic() + 10
-        while len(w.service.sessions) > 1 and time.monotonic() < deadline:
+        while len(w.service.connections) > 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         with Client(w.url) as third:
             assert third.request({"type": "ping"}, "pong") == {"type": "pong"}

@@ -23,7 +23,7 @@ def validator(vision=True, defaults=None, **limits):
 
 def code_of(v, **fields):
     with pytest.raises(ServiceError) as info:
-        v.check(p.parse_client_message(json.dumps({**TEXT, **fields})))
+        v.validate(p.parse_client_message(json.dumps({**TEXT, **fields})))
     return info.value.code
 
 
@@ -34,7 +34,7 @@ def test_limits_are_enforced():
     assert code_of(v, stop=["abcde"]) == ErrorCode.INVALID_MESSAGE
     two_images = [{"role": "user", "content": [{"type": "image", "image": "aGk="}] * 2}]
     assert code_of(v, messages=two_images) == ErrorCode.IMAGE_TOO_LARGE
-    v.check(p.parse_client_message(json.dumps({**TEXT, "stop": ["a", "abcd"]})))
+    v.validate(p.parse_client_message(json.dumps({**TEXT, "stop": ["a", "abcd"]})))
     limits = Settings(max_stop_strings=2, max_chat_messages=2).parse_limits()
     for fields in ({"stop": ["a", "b", "c"]}, {"messages": [{"role": "user", "content": "x"}] * 3}):
         with pytest.raises(ServiceError) as info:
@@ -49,7 +49,7 @@ def test_sampling_ranges_come_from_the_settings():
     v = GenerateValidator(limits, Capabilities(True, 4), ImageLimits(), "m")
     assert code_of(v, temperature=2.5) == ErrorCode.INVALID_MESSAGE
     assert code_of(v, repetition_penalty=3.5) == ErrorCode.INVALID_MESSAGE
-    v.check(p.parse_client_message(json.dumps({**TEXT, "temperature": 2.0, "repetition_penalty": 3.0})))
+    v.validate(p.parse_client_message(json.dumps({**TEXT, "temperature": 2.0, "repetition_penalty": 3.0})))
     assert limits.sampling_ranges()["temperature"] == [0.0, 2.0]
     assert limits.sampling_ranges()["repetition_penalty"] == [0.0, 3.0]
 
@@ -63,7 +63,7 @@ def test_capabilities_and_prompt_size():
         ErrorCode.INVALID_MESSAGE)
     assert code_of(validator(max_prompt_tokens=10), messages=[{"role": "user", "content": "x" * 41}]) == (
         ErrorCode.PROMPT_TOO_LONG)
-    validator(max_prompt_tokens=10).check(p.parse_client_message(
+    validator(max_prompt_tokens=10).validate(p.parse_client_message(
         json.dumps({**TEXT, "messages": [{"role": "user", "content": "x" * 40}]})))
 
 
@@ -71,12 +71,12 @@ def test_max_tokens_is_capped_and_defaults_are_filled():
     """max_tokens above MAX_NEW_TOKENS is capped, absent is the default; omitted sampling takes the model's defaults."""
     v = validator(default_max_tokens=32, max_new_tokens=64,
                   defaults={"temperature": 0.7, "top_k": 20, "top_p": 0.8, "repetition_penalty": None})
-    capped = v.sampling(p.parse_client_message(json.dumps({**TEXT, "max_tokens": 10_000})))
+    capped = v.validate(p.parse_client_message(json.dumps({**TEXT, "max_tokens": 10_000}))).sampling
     assert capped.max_tokens == 64
-    default = v.sampling(p.parse_client_message(json.dumps({**TEXT, "top_k": 5, "seed": 3})))
+    default = v.validate(p.parse_client_message(json.dumps({**TEXT, "top_k": 5, "seed": 3}))).sampling
     assert (default.max_tokens, default.temperature, default.top_k, default.top_p, default.seed) == (
         32, 0.7, 5, 0.8, 3)
-    greedy = v.sampling(p.parse_client_message(json.dumps({**TEXT, "temperature": 0})))
+    greedy = v.validate(p.parse_client_message(json.dumps({**TEXT, "temperature": 0}))).sampling
     assert greedy.greedy and 0 <= greedy.seed < 2**63
 
 
