@@ -173,8 +173,8 @@ def test_demo_flag_is_the_store_the_demo_worker_serves(demo, good_adapter, tmp_p
 
 
 def readme_cli_commands() -> list[str]:
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("## Adapter store and CLI", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    page = (ROOT / "docs" / "adapters.md").read_text()
+    block = page.split("## Adapter store and CLI", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     return [line.split("#", 1)[0].strip() for line in block.strip().splitlines()]
 
 
