@@ -201,7 +201,11 @@ class AdapterRegistry:
                 entry = (await self.load(ref)).entry
             if self.loaded.get(entry.key) is entry:  # not evicted while this coroutine waited
                 self.pin(entry)
-                await self._evict_over_capacity(protect=entry)
+                try:
+                    await self._evict_over_capacity(protect=entry)
+                except BaseException:  # the caller gets no entry to unpin: give the pin back now
+                    entry.running -= 1
+                    raise
                 return entry
             key = None
 

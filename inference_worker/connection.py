@@ -17,7 +17,6 @@ import asyncio
 import uuid
 from dataclasses import dataclass, field
 
-from wire import protocol as p
 from wire.errors import DuplicateSession, TooManySessions, UnknownSession
 
 from .events import AdapterHandle
@@ -43,8 +42,9 @@ class AdapterChange:
 
     async def turn(self) -> None:
         """Wait until every change sent before this one has been applied (or failed)."""
-        if self._previous is not None:
-            await asyncio.wait([self._previous.applied])
+        previous, self._previous = self._previous, None  # no chain of finished changes kept alive
+        if previous is not None:
+            await asyncio.wait([previous.applied])
 
     def apply(self, adapter: AdapterHandle | None) -> None:
         """The change succeeded: the connection runs with ``adapter`` (None: the base model) from now on."""
@@ -68,9 +68,8 @@ class ConnectionState:
         self.closed = False
 
     # ---- generations -------------------------------------------------------------------------------------------
-    def start(self, session_id: str | None, reply_to: str | None = None) -> Generation:
-        """A new generation of this connection (a session_id of its own when the client gave none)."""
-        session_id = session_id or p.new_session_id()
+    def start(self, session_id: str, reply_to: str | None = None) -> Generation:
+        """A new generation of this connection."""
         if session_id in self.generations:
             raise DuplicateSession(f"session_id {session_id!r} is already running on this connection")
         if len(self.generations) >= self.max_generations:

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-ConnectionAdapter = AdapterHandle | Awaitable[AdapterHandle | None] | None
+ConnectionAdapter = AdapterHandle | asyncio.Future[AdapterHandle | None] | None
 
 
 class Connection(Protocol):
@@ -73,13 +73,20 @@ class _Flight:
         self.stopped = asyncio.Event()
         self.error: ServiceError | None = None  # when set, the request ends with this error
         self.engine_abort: Callable[[], None] | None = None  # set while the engine runs it
+        self.settled = False  # its end is decided: nothing stops it any more
 
     def stop(self, error: ServiceError | None = None) -> None:
+        if self.settled:
+            return
         if error is not None and self.error is None and not self.stopped.is_set():
             self.error = error
         self.stopped.set()
         if self.engine_abort is not None:
             self.engine_abort()
+
+    def settle(self) -> None:
+        self.settled = True
+        self.engine_abort = None
 
 
 class Service:
@@ -176,8 +183,8 @@ class Service:
         end: Completed | Failed | None = None
         try:
             yield Accepted(request_id, checked.sampling.max_tokens)
-            turns = await self._unless_stopped(flight, asyncio.to_thread(checked.turns))
-            entry = await self._unless_stopped(flight, self._pin(message, adapter))
+            turns = await self._unless_stopped(flight, lambda: asyncio.to_thread(checked.turns))
+            entry = await self._unless_stopped(flight, lambda: self._pin(message, adapter))
             engine = self.engine
             assert engine is not None
             request = EngineRequest(request_id=request_id, turns=turns, sampling=checked.sampling,
@@ -195,6 +202,7 @@ class Service:
                     else:
                         finished = event
             assert finished is not None, "an engine stream always ends with Finished"
+            flight.settle()  # the engine has ended it: a deadline or a drain from now on changes nothing
             self._count(finished, received)
             if finished.error is not None:
                 raise finished.error
@@ -212,14 +220,16 @@ class Service:
             raise
         finally:
             timer.cancel()
-            flight.engine_abort = None
-            if entry is not None and self.registry is not None:
-                try:
-                    await self.registry.unpin(entry)
-                except Exception:  # an eviction that failed must not cost this request its end
-                    log.exception("releasing adapter %s after %s failed", entry.ref, request_id)
-            self.admission.release()
-            del self._flights[request_id]  # after the last await: a drain that sees no flight sees every end sent
+            flight.settle()
+            try:
+                if entry is not None and self.registry is not None:
+                    try:
+                        await self.registry.unpin(entry)
+                    except Exception:  # an eviction that failed must not cost this request its end
+                        log.exception("releasing adapter %s after %s failed", entry.ref, request_id)
+            finally:  # even if the consumer is cancelled while the adapter is given back
+                self.admission.release()
+                del self._flights[request_id]  # after the last await: a drain that sees no flight sees every end
         if flight.error is not None:
             end = Failed(flight.error)
         elif end is None:
@@ -242,7 +252,7 @@ class Service:
     def _admit(self, message: p.Generate, request_id: str) -> CheckedRequest:
         if self.draining:
             raise ShuttingDown("the worker is shutting down")
-        if self.validator is None:
+        if not self.ready or self.validator is None:
             raise CapacityError("the model is still loading; retry later")
         if request_id in self._flights:
             raise InternalError(f"request id {request_id!r} is already running")
@@ -250,13 +260,18 @@ class Service:
         self.admission.admit()
         return checked
 
-    async def _unless_stopped(self, flight: _Flight, awaitable: Awaitable[T]) -> T:
-        """Await ``awaitable`` unless the request is stopped first (then it finishes in the background, and an
-        adapter it pinned meanwhile is given back)."""
-        task = asyncio.ensure_future(awaitable)
+    async def _unless_stopped(self, flight: _Flight, start: Callable[[], Awaitable[T]]) -> T:
+        """Await what ``start()`` starts unless the request is stopped first (then it finishes in the background,
+        and an adapter it pinned meanwhile is given back)."""
+        if flight.stopped.is_set():
+            raise _Stopped
+        task = asyncio.ensure_future(start())
         stop = asyncio.ensure_future(flight.stopped.wait())
         try:
             done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the consumer was cancelled meanwhile: the call finishes in the background
+            task.add_done_callback(self._discard_late)
+            raise
         finally:
             stop.cancel()
         if task in done and not flight.stopped.is_set():

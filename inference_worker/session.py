@@ -147,6 +147,7 @@ class Session:
                                        adapter=self.state.adapter_for_generate())
         first = await anext(stream)  # accepted or refused, without waiting for anything
         if isinstance(first, Failed):
+            await stream.aclose()
             self.state.end(gen)
             await self.send(p.error_message(first.error, session_id=session_id), gen.reply_to)
             return

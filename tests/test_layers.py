@@ -127,3 +127,19 @@ def test_no_package_imports_the_tests(package):
         if name.split(".")[0] == "tests"
     )
     assert not wrong, wrong
+
+
+# Inside the worker: the request front and what it uses know no protocol; the WebSocket front sits above them.
+PROTOCOL_FREE = ["inference_worker.service", "inference_worker.events", "inference_worker.connection",
+                 "inference_worker.admission", "inference_worker.validation", "inference_worker.startup",
+                 "inference_worker.adapter_registry"]
+PROTOCOL_FRONTS = {"websockets", "inference_worker.session", "inference_worker.server"}
+
+
+@pytest.mark.parametrize("module", PROTOCOL_FREE)
+def test_the_request_front_imports_no_protocol_front(module):
+    """Service.generate and the connection state import neither websockets nor the WebSocket session or server."""
+    path = modules("inference_worker")[module]
+    wrong = sorted(name for name in imports(path, "inference_worker")
+                   if any(name == front or name.startswith(front + ".") for front in PROTOCOL_FRONTS))
+    assert not wrong, wrong

@@ -122,17 +122,24 @@ async def test_a_request_waits_for_its_connections_adapter_change(service):
 
 
 async def test_a_request_stopped_before_its_adapter_is_pinned_leaves_it_unpinned(service):
-    """Cancelled while its adapter loads: a cancelled end, and the adapter it pinned late is given back."""
-    stream = service.generate(generate(max_tokens=4, adapter="demo-a"), request_id="early")
+    """Cancelled while its connection's adapter is still loading: a cancelled end at once, and the adapter the
+    request goes on to pin in the background is given back."""
+    pending = asyncio.get_running_loop().create_future()
+    stream = service.generate(generate(max_tokens=4), request_id="early", adapter=pending)
     assert isinstance(await anext(stream), Accepted)
+    rest = asyncio.ensure_future(events_of(stream))
+    await asyncio.sleep(0.05)  # its image-less turns are built; it waits for the adapter
     service.abort("early")
-    end = (await events_of(stream))[-1]
+    end = (await rest)[-1]
     assert isinstance(end, Completed) and end.finish_reason == "cancelled" and end.usage.completion_tokens == 0
-    for _ in range(200):
-        if all(e.running == 0 for e in service.registry.loaded.values()):
+    pending.set_result(AdapterHandle("demo-a"))  # the load finishes: the late pin happens, and is undone
+    for _ in range(300):
+        entry = next((e for e in service.registry.loaded.values() if e.ref == "demo-a"), None)
+        if entry is not None and entry.running == 0:
             break
         await asyncio.sleep(0.01)
-    assert all(e.running == 0 for e in service.registry.loaded.values())
+    assert entry is not None and entry.running == 0
+    assert service.admission.admitted == 0
 
 
 async def test_drain_ends_what_outlives_the_grace_period(service):
