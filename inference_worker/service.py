@@ -172,7 +172,7 @@ class Service:
             checked = self._admit(message, request_id)
         except ServiceError as exc:
             self.count_refused(exc)
-            yield Failed(exc)
+            yield Failed(_detached(exc))
             return
         received = time.perf_counter()
         flight = self._flights[request_id] = _Flight()
@@ -211,7 +211,7 @@ class Service:
         except _Stopped:
             pass
         except ServiceError as exc:
-            end = Failed(exc)
+            end = Failed(_detached(exc))
         except Exception as exc:  # a bug: still exactly one end
             log.exception("request %s failed", request_id)
             end = Failed(InternalError(f"{type(exc).__name__}: {exc}"))
@@ -432,6 +432,14 @@ class Service:
         self.parse_pool.shutdown(wait=False, cancel_futures=True)
         if self.engine is not None:
             await self.engine.close()
+
+
+def _detached(error: ServiceError) -> ServiceError:
+    """The error without its traceback and chained exceptions: they hold the frames that raised it, and with them the
+    request (a 30 MB image string) in a reference cycle that only the cyclic garbage collector would free; a client
+    sending refused large images would pile them up between two collections."""
+    error.__traceback__ = error.__context__ = error.__cause__ = None
+    return error
 
 
 def _completed(checked: CheckedRequest, finished: Finished, content: str, entry: Loaded | None,
