@@ -25,17 +25,7 @@ from ..client import (
 from ..runs import DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, Params
 from ..settings import PlaygroundSettings
 from ..store import HistoryStore, StoreError
-from .evaluation import (
-    SIDES,
-    EvalItem,
-    Evaluation,
-    load,
-    new_evaluation,
-    save_header,
-    save_item,
-    save_new,
-    stored_image,
-)
+from . import evaluation as ev
 from .report import summarize, summary_lines, to_jsonl, to_markdown
 from .runner import UNAVAILABLE, run_evaluation
 from .sets import SetError, load_set
@@ -78,18 +68,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run_cli(args: argparse.Namespace, settings: PlaygroundSettings, err: Any) -> tuple[int, Evaluation]:
+async def _run_cli(args: argparse.Namespace, settings: PlaygroundSettings, err: Any) -> tuple[int, ev.Evaluation]:
     store = None if args.no_history else HistoryStore(args.history_dir or settings.history_dir)
     async with WorkerClient(args.url, token=args.token) as client:
         status = await client.status()  # fails fast (exit 75) when the worker is down
         if args.resume is not None:
             if store is None:
                 raise SetError("--resume needs the history (leave out --no-history)")
-            evaluation = load(store, args.resume)
+            evaluation = ev.load(store, args.resume)
             if evaluation is None:
                 raise SetError(f"no evaluation {args.resume} in the history at {store.path}")
             evaluation.worker = args.url
-            image_of = stored_image(store)
+            image_of = ev.stored_image(store)
         else:
             files = []
             for path in args.inputs:
@@ -108,22 +98,22 @@ async def _run_cli(args: argparse.Namespace, settings: PlaygroundSettings, err: 
             prompt = args.prompt_file.read_text() if args.prompt_file else (args.prompt or DEFAULT_PROMPT)
             params = Params(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             max_tokens=args.max_tokens, seed=args.seed, repetition_penalty=args.repetition_penalty)
-            evaluation = new_evaluation(loaded.items, worker=args.url, prompt=prompt.strip(),
+            evaluation = ev.new_evaluation(loaded.items, worker=args.url, prompt=prompt.strip(),
                                         system_prompt=(DEFAULT_SYSTEM_PROMPT if args.system is None else
                                                        args.system).strip() or None,
                                         params=params, adapter_a=args.adapter_a, adapter_b=args.adapter_b)
             data = {i.name: i.image.data for i in loaded.items}
             if store is not None:
-                save_new(store, evaluation, [i.image.data for i in loaded.items])
+                ev.save_new(store, evaluation, [i.image.data for i in loaded.items])
 
-            def image_of(item: EvalItem) -> bytes:
+            def image_of(item: ev.EvalItem) -> bytes:
                 return data[item.name]
 
-        def on_item(item: EvalItem) -> None:
+        def on_item(item: ev.EvalItem) -> None:
             if store is not None:
-                save_item(store, evaluation, item)
+                ev.save_item(store, evaluation, item)
             parts = []
-            for side in SIDES:
+            for side in ev.SIDES:
                 out = item.output(side)
                 assert out is not None
                 detail = (f"{(out.usage or {}).get('completion_tokens', 0)} tokens" if out.status == "done"
@@ -137,7 +127,7 @@ async def _run_cli(args: argparse.Namespace, settings: PlaygroundSettings, err: 
             await run_evaluation(client, evaluation, image_of, on_item=on_item)
         finally:
             if store is not None and evaluation.id is not None:
-                save_header(store, evaluation)
+                ev.save_header(store, evaluation)
     if evaluation.status != "done":
         gone = any(o.error and o.error["code"] in UNAVAILABLE | {"busy"} for i in evaluation.items
                    for o in i.outputs)
