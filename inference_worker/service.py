@@ -202,7 +202,6 @@ class Service:
                     else:
                         finished = event
             assert finished is not None, "an engine stream always ends with Finished"
-            flight.settle()  # the engine has ended it: a deadline or a drain from now on changes nothing
             self._count(finished, received)
             if finished.error is not None:
                 raise finished.error
@@ -220,7 +219,7 @@ class Service:
             raise
         finally:
             timer.cancel()
-            flight.settle()
+            flight.settle()  # its end is decided (nothing was awaited since): a deadline or a drain changes nothing
             try:
                 if entry is not None and self.registry is not None:
                     try:
