@@ -15,6 +15,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from adapters.config import StoreSettings, default_demo_dir
 from wire import limits
+from wire.prompts import DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT
 from wire.protocol import ParseLimits
 
 from .images import ImageLimits
@@ -93,6 +94,44 @@ class Settings(StoreSettings):
         validation_alias=_env("WS_COMPRESSION"),
         description="Offer permessage-deflate. Off: a compressed frame can inflate ~1000x, and raises the memory "
         "one connection can cost (docs/security.md).",
+    )
+
+    # ---- the HTTP API (inference_worker/http) ---------------------------------------------------------------------
+    http_port: int | None = Field(
+        8000,
+        ge=0,
+        le=65535,
+        validation_alias=_env("HTTP_PORT"),
+        description="Port of the HTTP API (the original /infer, OpenAI-compatible /v1, /docs) on INFERENCE_HOST; "
+        "0: any free port; off (or empty): no HTTP API.",
+    )
+    http_cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=_env("HTTP_CORS_ORIGINS"),
+        description="Origins (separated by ',') whose browser pages may call the HTTP API; empty: CORS is off.",
+    )
+    infer_timeout_s: float = Field(
+        25.0,
+        gt=0,
+        validation_alias=_env("INFER_TIMEOUT_S"),
+        description="Deadline of one POST /infer or /inference, drawing included; overrun ends the generation "
+        "and answers 504.",
+    )
+    infer_prompt: str = Field(
+        DEFAULT_PROMPT,
+        min_length=1,
+        validation_alias=_env("INFER_PROMPT"),
+        description="The prompt of POST /infer and /inference when the form gives none (default: the playground's "
+        "diagram-description prompt).",
+    )
+    infer_system_prompt: str | None = Field(
+        DEFAULT_SYSTEM_PROMPT,
+        validation_alias=_env("INFER_SYSTEM_PROMPT"),
+        description="The system prompt of POST /infer and /inference (empty: none).",
+    )
+    max_choices: int = Field(
+        8, ge=1, validation_alias=_env("MAX_CHOICES"),
+        description="Largest n of one chat completion (each choice is a row of the batch).",
     )
 
     # ---- adapters ----------------------------------------------------------------------------------------------
@@ -315,7 +354,8 @@ class Settings(StoreSettings):
         16 * MiB,
         ge=1024,
         validation_alias=_env("MAX_MESSAGE_BYTES"),
-        description="Largest WebSocket frame; a bigger one closes the connection with 1009.",
+        description="Largest WebSocket frame (a bigger one closes the connection with 1009) and HTTP request body "
+        "(413, refused before it is parsed).",
     )
     max_frame_json_items: int = Field(
         65536,
@@ -373,6 +413,25 @@ class Settings(StoreSettings):
         if isinstance(value, str):
             return [p for p in value.replace(",", os.pathsep).split(os.pathsep) if p.strip()]
         return value
+
+    @field_validator("http_cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("http_port", mode="before")
+    @classmethod
+    def _port_off(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("", "off", "none", "false"):
+            return None
+        return value
+
+    @field_validator("infer_system_prompt", mode="before")
+    @classmethod
+    def _no_system_prompt(cls, value: Any) -> Any:
+        return None if value == "" else value
 
     @field_validator("default_adapter", "auth_token", "max_batch_rows", "kv_cache_max_bytes",
                      "ray_max_replicas", "ray_target_ongoing_requests", "ray_max_ongoing_requests",

@@ -59,6 +59,12 @@ class EmbeddedWorker:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def api(self) -> str:
+        """The HTTP API's base URL (HTTP_PORT; 0 in tests: a free port)."""
+        assert self.server is not None and self.server.http_port is not None, "HTTP_PORT is off"
+        return f"http://127.0.0.1:{self.server.http_port}"
+
+    @property
     def service(self) -> Any:
         assert self.server is not None
         return self.server.service

@@ -23,6 +23,7 @@ from websockets.datastructures import Headers, MultipleValuesError
 from websockets.http11 import Request, Response
 
 from .config import Settings
+from .http.server import HttpServer
 from .metrics import CONTENT_TYPE
 from .service import Service
 from .session import Session, peer
@@ -76,6 +77,7 @@ class WorkerServer:
         self.settings = settings
         self.service = Service(settings)
         self.server: Server | None = None
+        self.http: HttpServer | None = None  # the HTTP API (HTTP_PORT), when on
         self.loading: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
 
@@ -83,6 +85,11 @@ class WorkerServer:
     def port(self) -> int:
         assert self.server is not None
         return int(self.server.sockets[0].getsockname()[1])
+
+    @property
+    def http_port(self) -> int | None:
+        """The HTTP API's port (None when HTTP_PORT is off)."""
+        return self.http.port if self.http is not None else None
 
     async def start(self, *, load: bool = True) -> None:
         s = self.settings
@@ -100,6 +107,14 @@ class WorkerServer:
             server_header="inference-worker",
         )
         log.info("listening on ws://%s:%d (HTTP /health /ready /metrics)", s.host, self.port)
+        if s.http_port is not None:
+            self.http = HttpServer(self.service)
+            try:
+                await self.http.start()
+            except BaseException:
+                self.server.close()
+                await self.server.wait_closed()
+                raise
         if load:
             self.loading = asyncio.create_task(self._load())
 
@@ -201,6 +216,8 @@ class WorkerServer:
                 await self.loading
         await self.service.drain(grace_s)
         await notice
+        if self.http is not None:
+            await self.http.stop()
         self.server.close(close_connections=False)
         closing = [
             asyncio.create_task(conn.close(1001, "server shutting down"))

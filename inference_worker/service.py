@@ -34,7 +34,7 @@ from adapters.factory import open_stores
 from adapters.sources import AdapterSources
 from adapters.store import AdapterStore
 from wire import protocol as p
-from wire.errors import CapacityError, DeadlineExceeded, InternalError, ServiceError, ShuttingDown
+from wire.errors import DeadlineExceeded, InternalError, NotReady, ServiceError, ShuttingDown
 
 from .adapter_registry import AdapterRegistry, Loaded
 from .admission import Admission
@@ -114,6 +114,8 @@ class Service:
         self.started_at = time.time()
         self.load_error: str | None = None
         self._flights: dict[str, _Flight] = {}  # admitted requests by request id, until their end
+        self.completed = 0  # requests that ended with stop or length, and their seconds in all (/stats)
+        self.completed_seconds = 0.0
         self._background: set[asyncio.Task[Any]] = set()
 
     # ---- startup ---------------------------------------------------------------------------------------------
@@ -159,14 +161,15 @@ class Service:
         self.metrics.ready.set(1)
 
     # ---- the request front -----------------------------------------------------------------------------------
-    async def generate(self, message: p.Generate, *, request_id: str | None = None,
-                       adapter: ConnectionAdapter = None) -> AsyncGenerator[FrontEvent, None]:
+    async def generate(self, message: p.Generate, *, request_id: str | None = None, adapter: ConnectionAdapter = None,
+                       timeout: tuple[float, str] | None = None) -> AsyncGenerator[FrontEvent, None]:
         """Run one request: ``Failed`` if it is refused, else ``Accepted``, text pieces and exactly one end
         (``Completed`` or ``Failed``). Everything up to the first event runs without awaiting anything.
 
         ``adapter`` is the caller's adapter for a request that names none (``message.adapter`` wins when given): a
         WebSocket connection's, or a future of it while a ``load_adapter`` sent before is still loading. Closing
-        the stream early stops the request (nothing more is yielded)."""
+        the stream early stops the request (nothing more is yielded). ``timeout``: (seconds, the setting that gave
+        them), a deadline shorter than GENERATION_TIMEOUT_S (the HTTP ``/infer``'s INFER_TIMEOUT_S)."""
         request_id = request_id or uuid.uuid4().hex
         try:
             checked = self._admit(message, request_id)
@@ -176,9 +179,11 @@ class Service:
             return
         received = time.perf_counter()
         flight = self._flights[request_id] = _Flight()
-        timeout = self.settings.generation_timeout_s
-        timer = asyncio.get_running_loop().call_later(timeout, flight.stop, DeadlineExceeded(
-            f"generation did not finish within GENERATION_TIMEOUT_S={timeout:g}s"))
+        seconds, setting = self.settings.generation_timeout_s, "GENERATION_TIMEOUT_S"
+        if timeout is not None and timeout[0] < seconds:
+            seconds, setting = timeout
+        timer = asyncio.get_running_loop().call_later(max(seconds, 0.0), flight.stop, DeadlineExceeded(
+            f"generation did not finish within {setting}={seconds:g}s"))
         entry: Loaded | None = None
         end: Completed | Failed | None = None
         try:
@@ -207,6 +212,8 @@ class Service:
                 raise finished.error
             if flight.error is None:
                 end = _completed(checked, finished, "".join(pieces), entry, received)
+                self.completed += 1
+                self.completed_seconds += end.timings.total_ms / 1000
         except _Stopped:
             pass
         except ServiceError as exc:
@@ -252,7 +259,7 @@ class Service:
         if self.draining:
             raise ShuttingDown("the worker is shutting down")
         if not self.ready or self.validator is None:
-            raise CapacityError("the model is still loading; retry later")
+            raise NotReady("the model is still loading; retry later")
         if request_id in self._flights:
             raise InternalError(f"request id {request_id!r} is already running")
         checked = self.validator.validate(message)

@@ -24,15 +24,6 @@ from .client import ClientCode, PlaygroundError, WorkerClient, new_session_id
 from .diff import compare
 from .history import Output, RunRecord
 
-DEFAULT_SYSTEM_PROMPT = (
-    "You read business process diagrams (BPMN, flowcharts, swim-lane diagrams) and describe exactly what they show. "
-    "Do not invent steps that are not in the diagram."
-)
-DEFAULT_PROMPT = (
-    "Describe this process diagram as a Markdown table with one row per step, in the order the process runs. "
-    "Columns: Step (number), Activity, Role (the lane or actor who does it), Next (the step or steps that follow; "
-    "for a decision, the condition of each branch). After the table, name the start and end events."
-)
 BASE_MODEL = "(base model)"  # the picker's entry for no adapter (adapter names cannot contain spaces or parens)
 
 

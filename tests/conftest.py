@@ -40,6 +40,7 @@ def worker_settings(demo: DemoPaths, adapter_root: Path, **overrides: object) ->
         "adapter_local_roots": [adapter_root],
         "host": "127.0.0.1",
         "port": 0,
+        "http_port": 0,
         "ws_ping_interval_s": None,
     }
     values.update(overrides)

@@ -8,18 +8,24 @@ same request again later can succeed. The adapter store (``adapters/``) raises t
     ├── ProtocolError            invalid_message
     │   ├── InvalidJson          invalid_json
     │   ├── UnknownType          unknown_type
-    │   └── UnsupportedFrame     unsupported_frame
+    │   ├── UnsupportedFrame     unsupported_frame
+    │   ├── RequestTooLarge      request_too_large      (HTTP: a body over MAX_MESSAGE_BYTES)
+    │   └── NotFound             not_found              (HTTP: no such path)
+    ├── Unauthorized             unauthorized           (a missing or wrong token)
     ├── InputError               (a request the model or the limits cannot take)
     │   ├── InvalidImage         invalid_image
     │   ├── UnsupportedImage     unsupported_image
     │   ├── ImageTooLarge        image_too_large
     │   ├── ImagesNotSupported   images_not_supported
-    │   └── PromptTooLong        prompt_too_long
+    │   ├── PromptTooLong        prompt_too_long
+    │   ├── InvalidDiagram       invalid_diagram        (a diagram source that cannot be drawn)
+    │   └── RendererMissing      renderer_missing       (a diagram kind whose renderer is not installed)
     ├── SessionError             (a session_id this connection cannot use)
     │   ├── DuplicateSession     duplicate_session
     │   ├── UnknownSession       unknown_session
     │   └── TooManySessions      too_many_sessions                             (retryable)
     ├── CapacityError            busy                                          (retryable)
+    │   ├── NotReady             not_ready                                     (retryable)
     │   ├── ShuttingDown         shutting_down                                 (retryable)
     │   └── ReplicaFailed        replica_failed                                (retryable)
     ├── DeadlineExceeded         deadline_exceeded                             (retryable)
@@ -32,7 +38,8 @@ same request again later can succeed. The adapter store (``adapters/``) raises t
     │   └── StoreUnavailable     store_unavailable                             (retryable)
     └── InternalError            internal_error
 
-Each code has its own class (:func:`error_class`), so an error is raised by what it is, never by overriding a code.
+What each code is over HTTP (its status) is :mod:`wire.http`'s. Each code has its own class (:func:`error_class`),
+so an error is raised by what it is, never by overriding a code.
 """
 
 from __future__ import annotations
@@ -66,6 +73,12 @@ class ErrorCode(StrEnum):
     ADAPTER_CONFLICT = "adapter_conflict"
     STORE_UNAVAILABLE = "store_unavailable"
     INTERNAL_ERROR = "internal_error"
+    NOT_READY = "not_ready"
+    UNAUTHORIZED = "unauthorized"
+    REQUEST_TOO_LARGE = "request_too_large"
+    NOT_FOUND = "not_found"
+    INVALID_DIAGRAM = "invalid_diagram"
+    RENDERER_MISSING = "renderer_missing"
 
 
 class ServiceError(Exception):
@@ -94,6 +107,11 @@ class ProtocolError(ServiceError):
     message_type: str | None = None  # the type of the refused message, when it was a known one
     session_id: str | None = None  # the refused generate's session_id, when it had a usable one
     request_id: str | None = None  # the refused message's request_id, when it had a usable one
+    param: str | None = None  # the request field at fault, when one is (HTTP errors name it)
+
+    def __init__(self, message: str, *, param: str | None = None, detail: str | None = None) -> None:
+        super().__init__(message, detail=detail)
+        self.param = param
 
 
 class InvalidJson(ProtocolError):
@@ -106,6 +124,18 @@ class UnknownType(ProtocolError):
 
 class UnsupportedFrame(ProtocolError):
     code = ErrorCode.UNSUPPORTED_FRAME
+
+
+class RequestTooLarge(ProtocolError):
+    code = ErrorCode.REQUEST_TOO_LARGE
+
+
+class NotFound(ProtocolError):
+    code = ErrorCode.NOT_FOUND
+
+
+class Unauthorized(ServiceError):
+    code = ErrorCode.UNAUTHORIZED
 
 
 class InputError(ServiceError):
@@ -134,6 +164,14 @@ class PromptTooLong(InputError):
     code = ErrorCode.PROMPT_TOO_LONG
 
 
+class InvalidDiagram(InputError):
+    code = ErrorCode.INVALID_DIAGRAM
+
+
+class RendererMissing(InputError):
+    code = ErrorCode.RENDERER_MISSING
+
+
 class SessionError(ServiceError):
     code = ErrorCode.UNKNOWN_SESSION
 
@@ -154,6 +192,10 @@ class TooManySessions(SessionError):
 class CapacityError(ServiceError):
     code = ErrorCode.BUSY
     retryable = True
+
+
+class NotReady(CapacityError):
+    code = ErrorCode.NOT_READY
 
 
 class ShuttingDown(CapacityError):

@@ -179,7 +179,7 @@ def parse_client_message(frame: str | bytes, limits: ParseLimits = ParseLimits()
 def _parse(frame: str | bytes, limits: ParseLimits) -> Any:
     if isinstance(frame, bytes):
         raise UnsupportedFrame("binary frames are not part of the protocol: send JSON text")
-    _check_json_items(frame, limits.max_frame_json_items)
+    check_json_items(frame, limits.max_frame_json_items)
     try:
         data = json.loads(frame)
     except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, or an integer of over 4300 digits
@@ -201,7 +201,7 @@ def _parse(frame: str | bytes, limits: ParseLimits) -> Any:
             raise ProtocolError("a string holds a lone UTF-16 surrogate (an escape such as \\udc00 without its "
                                 "pair): not valid Unicode text")
         if kind == "generate":
-            _check_generate_sizes(data, limits)
+            check_generate_sizes(data, limits)
         message = _client_adapter.validate_python(data)
     except (ValidationError, ProtocolError) as exc:
         error = exc if isinstance(exc, ProtocolError) else ProtocolError(f"invalid {kind} message: {_describe(exc)}")
@@ -223,7 +223,7 @@ def _usable_id(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= 128 and not _has_lone_surrogate(value)
 
 
-def _check_json_items(frame: str, most: int) -> None:
+def check_json_items(frame: str, most: int) -> None:
     """Refuse, before parsing, a frame with more JSON items than ``most``.
 
     Parsing time grows with the number of values, not with bytes: 13 MiB of small objects take ~0.2 s to load and
@@ -254,7 +254,7 @@ def _has_lone_surrogate(data: Any) -> bool:
     return False
 
 
-def _check_generate_sizes(data: dict[str, Any], limits: ParseLimits) -> None:
+def check_generate_sizes(data: dict[str, Any], limits: ParseLimits) -> None:
     """Count messages, content parts and stop strings on the raw JSON, before any model is built."""
     messages = data.get("messages")
     if isinstance(messages, list):

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from wire.prompts import DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT
+
 from ..client import (
     DEFAULT_URL,
     EXIT_FAILED,  # an item failed (adapter not found, image refused…)
@@ -22,7 +24,7 @@ from ..client import (
     WorkerClient,
     exit_status,
 )
-from ..runs import DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, Params
+from ..runs import Params
 from ..settings import PlaygroundSettings
 from ..store import HistoryStore, StoreError
 from . import evaluation as ev

@@ -20,8 +20,6 @@ from playground.client import DEFAULT_URL, ClientCode
 from playground.images import ImageInput, UploadError, human_bytes, is_diagram_source, load_image, load_upload
 from playground.runs import (
     BASE_MODEL,
-    DEFAULT_PROMPT,
-    DEFAULT_SYSTEM_PROMPT,
     Params,
     WorkerInfo,
     explain,
@@ -31,6 +29,7 @@ from playground.settings import PlaygroundSettings
 from playground.store import HistoryStore, StoreError
 from wire.errors import ErrorCode
 from wire.limits import DEFAULT_MAX_TOKENS, IMAGE_MAX_BYTES, MAX_NEW_TOKENS, sampling_ranges
+from wire.prompts import DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT
 from wire.protocol import AdapterItem, Status
 
 # When the worker cannot be asked, the controls use the worker's defaults.

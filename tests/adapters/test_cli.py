@@ -164,7 +164,7 @@ def test_demo_flag_is_the_store_the_demo_worker_serves(demo, good_adapter, tmp_p
         assert result.returncode == 0, result.stderr
         return result
 
-    settings = Settings(demo=True, demo_dir=demo_dir, host="127.0.0.1", port=0, ws_ping_interval_s=None)
+    settings = Settings(demo=True, demo_dir=demo_dir, host="127.0.0.1", port=0, http_port=0, ws_ping_interval_s=None)
     with EmbeddedWorker(settings) as w, Client(w.url) as c:
         listed = [line.split()[0] for line in run("list").stdout.splitlines()[2:]]
         assert listed == ["demo-a", "demo-b"]

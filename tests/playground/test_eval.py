@@ -30,9 +30,10 @@ from playground.eval import (
 )
 from playground.history import Output
 from playground.images import load_upload
-from playground.runs import DEFAULT_PROMPT, Params
+from playground.runs import Params
 from playground.scoring import chrf, row_scores
 from playground.store import HistoryStore
+from wire.prompts import DEFAULT_PROMPT
 from wire.protocol import Done
 
 from ..conftest import DIAGRAMS_DATA as DATA
