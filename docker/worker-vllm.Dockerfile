@@ -29,9 +29,10 @@ ENV HF_HOME=/data/hf \
     INFERENCE_DEMO_DIR=/data/demo \
     INFERENCE_HOST=0.0.0.0 \
     INFERENCE_PORT=8765 \
+    HTTP_PORT=8000 \
     INFERENCE_ENGINE=vllm \
     DEVICE=cuda
-EXPOSE 8765
+EXPOSE 8765 8000
 # Ready once vLLM's engine is up (model download, weights, CUDA graphs): a long start period.
 HEALTHCHECK --interval=15s --timeout=6s --start-period=30m --retries=3 CMD ["python", "-m", "inference_worker.healthcheck"]
 STOPSIGNAL SIGTERM

@@ -25,8 +25,9 @@ ENV HF_HOME=/data/hf \
     ADAPTER_CACHE_DIR=/data/adapter-cache \
     INFERENCE_DEMO_DIR=/data/demo \
     INFERENCE_HOST=0.0.0.0 \
-    INFERENCE_PORT=8765
-EXPOSE 8765
+    INFERENCE_PORT=8765 \
+    HTTP_PORT=8000
+EXPOSE 8765 8000
 # Ready only once the model is loaded: the first start downloads ~4.3 GB, hence the long start period.
 HEALTHCHECK --interval=15s --timeout=6s --start-period=20m --retries=3 CMD ["python", "-m", "inference_worker.healthcheck"]
 STOPSIGNAL SIGTERM

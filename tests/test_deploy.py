@@ -136,7 +136,7 @@ def test_readme_matches_compose():
     for var in sorted(set(re.findall(r"\$\{([A-Z_]+)", text))):
         assert f"`{var}`" in readme, var
     operations = (ROOT / "docs" / "operations.md").read_text()
-    for port in ("8765", "8501", "9000", "9001"):
+    for port in ("8765", "8000", "8501", "9000", "9001"):
         assert port in operations, port
     assert "docker compose -f docker-compose.yml -f docker-compose.gpu.yml up" in operations
     assert "docker compose -f docker-compose.yml -f docker-compose.vllm.yml up" in operations

@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
         demo = ensure_demo(Path(tempfile.gettempdir()) / "inference-worker-soak-demo")
         settings = Settings(model_name=str(demo.model_dir), adapter_store_dir=demo.store_dir, host="127.0.0.1",
-                            port=0, max_batch_rows=2, max_queue_size=16)
+                            port=0, http_port=None, max_batch_rows=2, max_queue_size=16)
         with EmbeddedWorker(settings) as worker:
             report = asyncio.run(soak(worker.url, duration_s=args.duration, clients=args.clients,
                                       max_tokens=args.max_tokens))

@@ -63,15 +63,31 @@ def _python() -> str:
         return str(exe)
 
 
-def _demo_notes() -> str:
+def _demo_notes(http: str | None) -> str:
     from adapters.config import demo_store_dir
 
     py = _python()
-    return (
+    notes = (
         "  demo mode: random weights, the model's output is meaningless\n"
         f"  adapters    {py} -m adapters --demo list   (the demo's store, {demo_store_dir()})\n"
         f"              {py} -m adapters --demo push DIR NAME   publishes one the running worker can load\n"
     )
+    if http is not None:
+        sample = _write_sample()
+        notes += f"  try         curl -s -X POST {http}/infer -F \"file=@{sample}\" -F max_tokens=32\n"
+    return notes
+
+
+def _write_sample() -> Path:
+    """The playground's sample diagram as a PNG in the demo's directory: something to send to /infer at once."""
+    from inference_worker.config import Settings
+    from playground.images import sample_diagram
+
+    path = Settings().demo_dir / "sample-diagram.png"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(sample_diagram().data)
+    return path
 
 
 def _vllm_worker(env: dict[str, str], *, demo: bool) -> tuple[str, dict[str, str]]:
@@ -98,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--model", help="hub id or local directory of the model to serve")
     parser.add_argument("--host", default="127.0.0.1", help="interface for both servers (default 127.0.0.1)")
     parser.add_argument("--worker-port", type=int, default=int(os.environ.get("INFERENCE_PORT", 8765)))
+    parser.add_argument("--http-port", default=os.environ.get("HTTP_PORT", "8000"),
+                        help="the worker's HTTP API port (/infer, OpenAI-compatible /v1, /docs); off: none")
     parser.add_argument("--playground-port", type=int, default=int(os.environ.get("PLAYGROUND_PORT", 8501)))
     parser.add_argument("--ready-timeout", type=float, default=1800, help="seconds to wait for the model to load")
     args = parser.parse_args(argv)
@@ -114,13 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     worker_python = sys.executable
     if os.environ.get("INFERENCE_ENGINE") == "vllm":
         worker_python, env = _vllm_worker(env, demo=args.demo)
-    worker_cmd = [worker_python, "-m", "inference_worker", "--host", args.host, "--port", str(args.worker_port)]
+    worker_cmd = [worker_python, "-m", "inference_worker", "--host", args.host, "--port", str(args.worker_port),
+                  "--http-port", str(args.http_port)]
     worker_cmd += ["--demo"] if args.demo else ["--model-name", args.model]
     if "SHUTDOWN_NOTICE_S" not in os.environ:  # no load balancer in front: Ctrl-C stops at once
         worker_cmd += ["--shutdown-notice-s", "0"]
     worker = playground = None
     host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
     ws_url = f"ws://{host}:{args.worker_port}"
+    http_off = str(args.http_port).strip().lower() in ("", "off", "none", "false")
+    http_url = None if http_off else f"http://{host}:{args.http_port}"
     try:
         print(f"starting the worker ({'demo model' if args.demo else args.model}) …", flush=True)
         worker = subprocess.Popen(worker_cmd, cwd=ROOT, env=env, start_new_session=True)
@@ -136,8 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "\n"
             f"  worker      {ws_url}   (HTTP: http://{host}:{args.worker_port}/health, /ready, /metrics)\n"
-            f"  playground  http://{host}:{args.playground_port}\n"
-            + (_demo_notes() if args.demo else "")
+            + (f"  HTTP API    {http_url}   (/infer, OpenAI-compatible {http_url}/v1, docs {http_url}/docs)\n"
+               if http_url else "")
+            + f"  playground  http://{host}:{args.playground_port}\n"
+            + (_demo_notes(http_url) if args.demo else "")
             + "\n  Ctrl-C stops both.\n",
             flush=True,
         )

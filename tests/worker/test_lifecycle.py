@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 class WorkerProcess:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "inference_worker", "--host", "127.0.0.1", "--port", "0", *args],
+            [sys.executable, "-m", "inference_worker", "--host", "127.0.0.1", "--port", "0", "--http-port", "off",
+             *args],
             cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
