@@ -156,12 +156,21 @@ def parse_chat_request(body: bytes, limits: p.ParseLimits = p.ParseLimits()) -> 
         raise ProtocolError("give max_completion_tokens or max_tokens, not two different values",
                             param="max_completion_tokens")
     for i, message in enumerate(request.messages):
+        if message.name is not None:
+            raise ProtocolError("name is not supported: the model's chat template has no participant names",
+                                param=f"messages[{i}].name")
         if isinstance(message.content, list):
             for j, part in enumerate(message.content):
-                if isinstance(part, ImageContent) and not part.image_url.url.startswith("data:"):
+                if not isinstance(part, ImageContent):
+                    continue
+                where = f"messages[{i}].content[{j}].image_url"
+                if not part.image_url.url.startswith("data:"):
                     raise ProtocolError(
                         "images must be sent inline as data: URLs (data:image/png;base64,...): the worker fetches "
-                        "nothing", param=f"messages[{i}].content[{j}].image_url.url")
+                        "nothing", param=where + ".url")
+                if part.image_url.detail not in (None, "auto"):
+                    raise ProtocolError("detail is not supported: every image is resized within IMAGE_MIN_PIXELS "
+                                        "and IMAGE_MAX_PIXELS (only unset or \"auto\")", param=where + ".detail")
     if request.messages[-1].role == "assistant":
         raise ProtocolError("the last message must not be from the assistant: there is nothing to answer",
                             param="messages")
