@@ -108,7 +108,7 @@ class WorkerServer:
         )
         log.info("listening on ws://%s:%d (HTTP /health /ready /metrics)", s.host, self.port)
         if s.http_port is not None:
-            self.http = HttpServer(self.service)
+            self.http = HttpServer(self.service, ws_port=self.port)
             try:
                 await self.http.start()
             except BaseException:

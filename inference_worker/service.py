@@ -168,8 +168,8 @@ class Service:
 
         ``adapter`` is the caller's adapter for a request that names none (``message.adapter`` wins when given): a
         WebSocket connection's, or a future of it while a ``load_adapter`` sent before is still loading. Closing
-        the stream early stops the request (nothing more is yielded). ``timeout``: (seconds, the setting that gave
-        them), a deadline shorter than GENERATION_TIMEOUT_S (the HTTP ``/infer``'s INFER_TIMEOUT_S)."""
+        the stream early stops the request (nothing more is yielded). ``timeout``: (seconds left, the limit as the
+        error names it), a deadline shorter than GENERATION_TIMEOUT_S (the HTTP ``/infer``'s INFER_TIMEOUT_S)."""
         request_id = request_id or uuid.uuid4().hex
         try:
             checked = self._admit(message, request_id)
@@ -179,11 +179,12 @@ class Service:
             return
         received = time.perf_counter()
         flight = self._flights[request_id] = _Flight()
-        seconds, setting = self.settings.generation_timeout_s, "GENERATION_TIMEOUT_S"
+        seconds = self.settings.generation_timeout_s
+        limit = f"GENERATION_TIMEOUT_S={seconds:g}s"
         if timeout is not None and timeout[0] < seconds:
-            seconds, setting = timeout
+            seconds, limit = timeout
         timer = asyncio.get_running_loop().call_later(max(seconds, 0.0), flight.stop, DeadlineExceeded(
-            f"generation did not finish within {setting}={seconds:g}s"))
+            f"generation did not finish within {limit}"))
         entry: Loaded | None = None
         end: Completed | Failed | None = None
         try:

@@ -43,11 +43,13 @@ Errors: `{"error": {"message", "type", "param", "code", "retryable"}, "detail"}`
 """
 
 
-def create_app(service: Service) -> FastAPI:
+def create_app(service: Service, ws_port: int | None = None) -> FastAPI:
+    """``ws_port``: the WebSocket protocol's port, as ``GET /`` shows it (INFERENCE_PORT, or the one bound for 0)."""
     s = service.settings
     app = FastAPIOffline(title="inference-worker", version="0.1.0", description=DESCRIPTION,
                          static_url="/docs/assets", redoc_url=None)
     app.state.service = service
+    app.state.ws_port = ws_port if ws_port is not None else s.port
     app.state.models = openai.Models(service)
     app.include_router(original.router)
     app.include_router(openai.router)

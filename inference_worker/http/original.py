@@ -22,6 +22,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import ValidationError
 
 from wire import protocol as p
 from wire.errors import (
@@ -124,13 +125,16 @@ async def _describe(request: Request, file_field: str) -> Response:
         data["adapter"] = fields["adapter"]
     try:
         message = p.Generate.model_validate(data)
-    except Exception as exc:
-        raise ProtocolError(f"invalid form: {exc}") from None
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        name = str(err["loc"][0]) if err["loc"] else None
+        param = {"system_prompt": None, "messages": "prompt"}.get(name, name) if name else None
+        raise ProtocolError(f"{param or 'form'}: {err['msg']}", param=param) from None
     default = service.default_adapter
     remaining = deadline - time.perf_counter()
     streams = await admit(service, [message], request_id=f"infer-{uuid.uuid4().hex}",
                           adapter=AdapterHandle(default.ref, default.key) if default else None,
-                          timeout=(remaining, "INFER_TIMEOUT_S"))
+                          timeout=(remaining, f"INFER_TIMEOUT_S={s.infer_timeout_s:g}s"))
     try:
         end = await unless_disconnected(request, _end_of(merged(streams)))
     except ClientGone:
@@ -324,7 +328,7 @@ async def root(request: Request) -> Response:
             "adapters": "POST /v1/load_lora_adapter, /v1/unload_lora_adapter",
             "health": "GET /health", "ready": "GET /ready", "stats": "GET /stats (JSON counters)",
             "metrics": "GET /metrics (Prometheus text)", "docs": "GET /docs (OpenAPI: /openapi.json)",
-            "websocket": f"ws://<host>:{s.port}/ (the streaming protocol)",
+            "websocket": f"ws://<host>:{request.app.state.ws_port}/ (the streaming protocol)",
         },
     })
 

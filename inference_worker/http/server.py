@@ -31,8 +31,9 @@ class _Server(uvicorn.Server):
 
 
 class HttpServer:
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, ws_port: int | None = None) -> None:
         self.service = service
+        self.ws_port = ws_port
         self.server: _Server | None = None
         self.task: asyncio.Task[None] | None = None
         self.socket: socket.socket | None = None
@@ -48,7 +49,7 @@ class HttpServer:
         family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
         self.socket = socket.create_server((s.host, s.http_port), family=family, backlog=2048)
         config = uvicorn.Config(
-            create_app(self.service),
+            create_app(self.service, self.ws_port),
             lifespan="off",
             log_config=None,  # the worker's logging stays as configured
             log_level="debug" if s.log_level == "debug" else "warning",

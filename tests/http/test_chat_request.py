@@ -1,4 +1,4 @@
-"""wire/openai.py and wire/http.py, pure: what a chat request may hold, how it becomes a generate, each code's status."""
+"""wire/openai.py and wire/http.py, pure: what a chat request may hold, its generate, each error code's status."""
 
 from __future__ import annotations
 
