@@ -22,5 +22,7 @@ def start(ctx: StartContext) -> Iterator[Target]:
     front = cluster.front
     assert front is not None
     # The cluster outlives this target: the Ray tests use it too; the session fixture shuts it down.
-    yield Target(engine="ray", url=front.url, http=front.http, max_new_tokens=cluster.settings.max_new_tokens,
-                 max_queue_size=cluster.settings.max_queue_size, vision_adapters=True)
+    yield Target(engine="ray", url=front.url, http=front.http, api=front.api,
+                 max_new_tokens=cluster.settings.max_new_tokens,
+                 max_queue_size=cluster.settings.max_queue_size, vision_adapters=True,
+                 infer_system_prompt=front.settings.infer_system_prompt)

@@ -18,6 +18,6 @@ def missing(ctx: StartContext) -> str | None:
 def start(ctx: StartContext) -> Iterator[Target]:
     settings = ctx.settings()
     with EmbeddedWorker(settings) as worker:
-        yield Target(engine="transformers", url=worker.url, http=worker.http,
+        yield Target(engine="transformers", url=worker.url, http=worker.http, api=worker.api,
                      max_new_tokens=settings.max_new_tokens, max_queue_size=settings.max_queue_size,
-                     vision_adapters=True)
+                     vision_adapters=True, infer_system_prompt=settings.infer_system_prompt)

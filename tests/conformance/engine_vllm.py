@@ -2,8 +2,9 @@
 
 ``python -m inference_worker`` with INFERENCE_ENGINE=vllm under the vLLM venv's interpreter (VLLM_VENV, default
 ./.venv-vllm; ``make venv-vllm`` builds it, ``.ci/run`` sets VLLM_VENV to its cached copy), this checkout on
-PYTHONPATH, the conformance settings as environment variables, port 0 (the port is read from its log). Two LoRA
-slots (VLLM_MAX_LORAS=2): demo-a and demo-b fill them, which is when vLLM's CPU path gave base rows an adapter.
+PYTHONPATH, the conformance settings as environment variables, ports 0 (INFERENCE_PORT and HTTP_PORT: both ports
+are read from its log). Two LoRA slots (VLLM_MAX_LORAS=2): demo-a and demo-b fill them, which is when vLLM's CPU path
+gave base rows an adapter.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .targets import StartContext, Target
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 600  # vLLM's engine process starts in 20-90 s on these 2-core machines
 LISTENING = re.compile(r"listening on ws://[^:]+:(\d+)")
+HTTP_API = re.compile(r"HTTP API on http://[^:]+:(\d+)")
 
 
 def venv_python() -> Path:
@@ -64,7 +66,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
 @contextmanager
 def run_worker(settings: Settings, log_path: Path, **extra: str) -> Iterator[str]:
     """A vLLM worker subprocess with ``settings``; yields its ``host:port`` once /ready answers 200; stops it (and
-    vLLM's engine process: the worker's process group) on exit."""
+    vLLM's engine process: the worker's process group) on exit. :func:`api_address` reads its HTTP API's."""
     env = worker_env(settings, **extra)
     with log_path.open("wb") as log:
         proc = subprocess.Popen([str(venv_python()), "-m", "inference_worker"], cwd=ROOT, env=env, stdout=log,
@@ -96,6 +98,15 @@ def _wait_ready(proc: subprocess.Popen[bytes], log_path: Path) -> str:
     raise RuntimeError(f"the vLLM worker was not ready after {READY_TIMEOUT_S} s:\n{_tail(log_path)}")
 
 
+def api_address(log_path: Path) -> str:
+    """The ``host:port`` of a ready worker's HTTP API, from its log (logged before the model loads, so before
+    /ready answers 200)."""
+    match = HTTP_API.search(log_path.read_text(errors="replace"))
+    if match is None:
+        raise RuntimeError(f"the vLLM worker logged no HTTP API address (is HTTP_PORT off?):\n{_tail(log_path)}")
+    return f"127.0.0.1:{match.group(1)}"
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -122,5 +133,6 @@ def start(ctx: StartContext) -> Iterator[Target]:
     log_path = ctx.tmp.mktemp("vllm-worker") / "worker.log"
     with run_worker(settings, log_path) as address:
         yield Target(engine="vllm", url=f"ws://{address}", http=f"http://{address}",
+                     api=f"http://{api_address(log_path)}",
                      max_new_tokens=settings.max_new_tokens, max_queue_size=settings.max_queue_size,
-                     vision_adapters=False)
+                     vision_adapters=False, infer_system_prompt=settings.infer_system_prompt)

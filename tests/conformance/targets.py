@@ -6,9 +6,10 @@ Each engine is a module ``engine_<name>.py`` here with
     @contextmanager
     def start(ctx: StartContext) -> Iterator[Target]   # a ready worker on that engine, stopped on exit
 
-and is listed in :data:`ENGINES`. The suite (``test_protocol_suite.py``) sees a :class:`Target` only: a URL, an HTTP
-base and the few settings its assertions depend on, so the same tests hold for an in-process engine, an engine in
-another virtual environment and a front that forwards to a cluster.
+and is listed in :data:`ENGINES`. The suites (``test_protocol_suite.py``, ``test_http_suite.py``) see a
+:class:`Target` only: the WebSocket URL, the HTTP bases (the WebSocket port's and the HTTP API's) and the few settings
+their assertions depend on, so the same tests hold for an in-process engine, an engine in another virtual environment
+and a front that forwards to a cluster.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ ENGINES: tuple[str, ...] = ("transformers", "vllm", "ray")
 class Target:
     engine: str
     url: str  # ws://host:port
-    http: str  # http://host:port
+    http: str  # http://host:port: the WebSocket port's own HTTP endpoints (/health, /ready, /metrics)
+    api: str  # http://host:port: the HTTP API (HTTP_PORT: /infer, OpenAI-compatible /v1, /docs)
     max_new_tokens: int  # MAX_NEW_TOKENS the worker runs with
     max_queue_size: int  # MAX_QUEUE_SIZE
     vision_adapters: bool  # vision-tower adapters load (else load_adapter refuses them and changes nothing)
+    infer_system_prompt: str | None  # INFER_SYSTEM_PROMPT: the system prompt POST /infer adds
 
 
 @dataclass(frozen=True)
