@@ -326,8 +326,12 @@ class Service:
         """The model as clients see it: a hub id as is, a local directory by its name only (not the server's path)."""
         if self.settings.demo:
             return "demo"
-        local = Path(self.model_name).expanduser()
-        return local.name if local.exists() else self.model_name
+        name = self.model_name
+        local = Path(name).expanduser()
+        # a directory (even one that does not exist: a failed load names it too) by its last part only
+        if local.exists() or name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1:
+            return local.name
+        return name
 
     @property
     def engine_available(self) -> bool:
@@ -345,7 +349,9 @@ class Service:
             "dtype": info.dtype if info else None,
             "model_load_seconds": round(info.load_seconds, 3) if info else None,
             "uptime_seconds": round(time.time() - self.started_at, 1),
-            "error": self.load_error,
+            # the exception's type only: its text may hold the server's paths (the log has all of it)
+            "error": self.load_error.split(":", 1)[0] + ": the model could not be loaded (see the worker's log)"
+            if self.load_error else None,
         }
 
     def render_metrics(self) -> bytes:

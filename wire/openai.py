@@ -141,6 +141,9 @@ def parse_chat_request(body: bytes, limits: p.ParseLimits = p.ParseLimits()) -> 
     if not isinstance(data, dict):
         raise ProtocolError(f"the body must be a JSON object, got {type(data).__name__}")
     p.check_generate_sizes(data, limits)
+    if p.has_lone_surrogate(data):
+        raise ProtocolError("a string holds a lone UTF-16 surrogate (an escape such as \\udc00 without its pair): "
+                            "not valid Unicode text")
     try:
         request = ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:

@@ -196,7 +196,7 @@ def _parse(frame: str | bytes, limits: ParseLimits) -> Any:
             unknown.request_id = data["request_id"]
         raise unknown
     try:
-        if _has_lone_surrogate(data):
+        if has_lone_surrogate(data):
             # JSON may escape half of a UTF-16 pair ("\udc00"): that is not text, and it cannot be sent back.
             raise ProtocolError("a string holds a lone UTF-16 surrogate (an escape such as \\udc00 without its "
                                 "pair): not valid Unicode text")
@@ -220,7 +220,7 @@ def _parse(frame: str | bytes, limits: ParseLimits) -> Any:
 
 def _usable_id(value: Any) -> bool:
     """Whether a refused message's ``session_id`` or ``request_id`` can be sent back on its error."""
-    return isinstance(value, str) and 0 < len(value) <= 128 and not _has_lone_surrogate(value)
+    return isinstance(value, str) and 0 < len(value) <= 128 and not has_lone_surrogate(value)
 
 
 def check_json_items(frame: str, most: int) -> None:
@@ -238,7 +238,7 @@ def check_json_items(frame: str, most: int) -> None:
                             "may have (MAX_FRAME_JSON_ITEMS)")
 
 
-def _has_lone_surrogate(data: Any) -> bool:
+def has_lone_surrogate(data: Any) -> bool:
     """Whether any key or string in ``data`` holds a lone surrogate (ASCII strings are skipped in O(1))."""
     stack = [data]
     while stack:

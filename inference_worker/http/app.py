@@ -4,8 +4,9 @@
 
 Routes: the original service's (``original.py``) and OpenAI's (``openai.py``); docs at ``/docs`` (Swagger UI with its
 assets served from here: nothing comes from a CDN) and ``/openapi.json``. Middleware, outermost first: CORS (only
-with HTTP_CORS_ORIGINS), the bearer token, the body bound (``guards.py``). Every error, whatever raised it, is the one
-error body of :mod:`wire.http`; an unexpected exception is a 500 that says nothing about the server.
+with HTTP_CORS_ORIGINS), the bearer token, the bound on requests in flight, the body bound (``guards.py``). Every
+error, whatever raised it, is the one error body of :mod:`wire.http`; an unexpected exception is a 500 that says
+nothing about the server.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from wire.http import error_body
 
 from ..service import Service
 from . import openai, original
-from .guards import BearerAuth, BodyLimit
+from .guards import BearerAuth, BodyLimit, InFlightLimit
 from .replies import error_reply
 from .schemas import add_components
 
@@ -51,6 +52,7 @@ def create_app(service: Service, ws_port: int | None = None) -> FastAPI:
     app.state.service = service
     app.state.ws_port = ws_port if ws_port is not None else s.port
     app.state.models = openai.Models(service)
+    app.state.drawing = original.drawing_pool()  # shut down by server.py
     app.include_router(original.router)
     app.include_router(openai.router)
     app.add_exception_handler(ServiceError, _service_error)
@@ -59,6 +61,7 @@ def create_app(service: Service, ws_port: int | None = None) -> FastAPI:
     app.add_exception_handler(Exception, _unexpected)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, max_bytes=s.max_message_bytes)
+    app.add_middleware(InFlightLimit, most=s.max_connections)
     token = s.auth_token.get_secret_value() if s.auth_token is not None else None
     app.add_middleware(BearerAuth, token=token)
     if s.http_cors_origins:

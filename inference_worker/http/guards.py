@@ -1,5 +1,7 @@
 """What every HTTP request passes before a route sees it (pure ASGI middleware, in this order):
 
+0. ``InFlightLimit``: at most MAX_CONNECTIONS requests at once (each may hold a body of MAX_MESSAGE_BYTES); beyond,
+   429 ``busy`` with Retry-After, answered before the body is read. Health and readiness probes are never refused.
 1. ``BodyLimit``: a body over MAX_MESSAGE_BYTES is refused with 413 before any of it is parsed: at once when
    ``Content-Length`` says so, else as soon as the bytes received pass the bound (chunked uploads).
 2. ``BearerAuth``: when INFERENCE_AUTH_TOKEN is set, every path but the public ones (health, readiness, the API's
@@ -15,7 +17,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from wire.errors import RequestTooLarge, ServiceError, Unauthorized
+from wire.errors import CapacityError, RequestTooLarge, ServiceError, Unauthorized
 from wire.http import error_body, error_headers, status_of
 
 PUBLIC_PATHS = frozenset({"/", "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
@@ -30,6 +32,27 @@ async def send_error(send: Send, error: ServiceError) -> None:
     headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(error).items()]
     await send({"type": "http.response.start", "status": int(status), "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class InFlightLimit:
+    def __init__(self, app: ASGIApp, most: int) -> None:
+        self.app = app
+        self.most = most
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in ("/health", "/ready"):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.most:
+            await send_error(send, CapacityError(
+                f"{self.most} HTTP requests are in flight (MAX_CONNECTIONS); retry later"))
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 class _TooLarge(Exception):

@@ -22,7 +22,15 @@ from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from wire import openai as oa
-from wire.errors import AdapterConflict, AdapterNotFound, InternalError, NotReady, ProtocolError, ServiceError
+from wire.errors import (
+    AdapterConflict,
+    AdapterNotFound,
+    InternalError,
+    NotReady,
+    ProtocolError,
+    ServiceError,
+    ShuttingDown,
+)
 from wire.http import error_body
 
 from ..engines.base import TextDelta
@@ -59,6 +67,7 @@ class Models:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.aliases: dict[str, str] = {}  # lora_name → adapter reference
+        self.changing = asyncio.Lock()  # one load or unload at a time: a name is checked and taken atomically
 
     def base_ids(self) -> set[str]:
         return {self.service.public_model_name, self.service.settings.model_name}
@@ -91,6 +100,8 @@ async def _body(request: Request, model: type[BaseModel]) -> Any:
 @router.get("/models", summary="The base model and the adapters that `model` may name")
 async def list_models(request: Request) -> Response:
     service, models = _service(request), _models(request)
+    if service.draining:
+        raise ShuttingDown("the worker is shutting down")
     if not service.ready:
         raise NotReady("the model is still loading; retry later")
     base = service.public_model_name
@@ -248,19 +259,34 @@ def _name_the_model(error: ServiceError, model: str, adapter: str | None) -> Non
 async def load_lora_adapter(request: Request) -> Response:
     service, models = _service(request), _models(request)
     body: LoadLoraRequest = await _body(request, LoadLoraRequest)
-    ref = body.lora_path or body.lora_name
-    known = models.aliases.get(body.lora_name)
-    if known is not None and known != ref and not body.load_inplace:
-        raise AdapterConflict(f"the adapter {body.lora_name!r} has already been loaded (from another path; "
-                              "send load_inplace: true to replace it)")
-    if body.lora_name in models.base_ids():
-        raise AdapterConflict(f"{body.lora_name!r} is the base model's name")
     if service.registry is None:
         raise NotReady("the model is still loading; retry later")
-    await service.registry.load(ref)
-    if body.lora_path is not None and body.lora_path != body.lora_name:
-        models.aliases[body.lora_name] = ref
-    return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
+    ref = body.lora_path or body.lora_name
+    name = body.lora_name
+    async with models.changing:
+        if name in models.base_ids():
+            raise AdapterConflict(f"{name!r} is the base model's name")
+        known = models.aliases.get(name)
+        if ref != name and known != ref and not (known is not None and body.load_inplace):
+            # A name that already stands for other weights must not change under the clients using it.
+            if known is not None:
+                raise AdapterConflict(f"the adapter {name!r} has already been loaded (from another path; send "
+                                      "load_inplace: true to replace it)")
+            if await _names_an_adapter(service, name):
+                raise AdapterConflict(f"{name!r} already names an adapter (in the store, or loaded): choose another "
+                                      "lora_name")
+        await service.registry.load(ref)
+        if ref != name:
+            models.aliases[name] = ref
+    return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
+
+
+async def _names_an_adapter(service: Service, name: str) -> bool:
+    registry = service.registry
+    if registry is not None and any(e.ref == name or e.name == name for e in registry.loaded.values()):
+        return True
+    # (a store that cannot be listed raises store_unavailable: better than shadowing what may be there)
+    return any(item.name == name for item in (await service.list_adapters()).items)
 
 
 @router.post("/unload_lora_adapter", summary="Stop serving an adapter loaded by /v1/load_lora_adapter",
@@ -269,17 +295,20 @@ async def load_lora_adapter(request: Request) -> Response:
 async def unload_lora_adapter(request: Request) -> Response:
     service, models = _service(request), _models(request)
     body: UnloadLoraRequest = await _body(request, UnloadLoraRequest)
-    ref = models.aliases.pop(body.lora_name, body.lora_name)
-    registry = service.registry
-    entries = [e for e in registry.loaded.values() if e.ref == ref] if registry is not None else []
-    if not entries and ref == body.lora_name:
-        raise AdapterNotFound(f"the adapter {body.lora_name!r} is not loaded")
-    for entry in entries:
-        if entry.default:
-            raise AdapterConflict(f"{body.lora_name!r} is the default adapter (INFERENCE_DEFAULT_ADAPTER): it stays")
-        assert registry is not None
-        if entry.running:
-            entry.evict_pending = True  # evicted when its running requests end
-        else:
-            await registry.evict(entry)
-    return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
+    name = body.lora_name
+    async with models.changing:
+        ref = models.aliases.get(name, name)
+        registry = service.registry
+        entries = [e for e in registry.loaded.values() if e.ref == ref] if registry is not None else []
+        if not entries and name not in models.aliases:
+            raise AdapterNotFound(f"the adapter {name!r} is not loaded")
+        if any(entry.default for entry in entries):
+            raise AdapterConflict(f"{name!r} is the default adapter (INFERENCE_DEFAULT_ADAPTER): it stays")
+        models.aliases.pop(name, None)
+        for entry in entries:
+            assert registry is not None
+            if entry.running:
+                entry.evict_pending = True  # evicted when its running requests end
+            else:
+                await registry.evict(entry)
+    return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")

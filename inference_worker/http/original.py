@@ -17,6 +17,7 @@ import io
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +84,17 @@ def _service(request: Request) -> Service:
     return request.app.state.service  # type: ignore[no-any-return]
 
 
+def drawing_pool() -> ThreadPoolExecutor:
+    """The threads that draw diagram sources: as many as the renderers take at once (DIAGRAM_MAX_CONCURRENT)."""
+    try:
+        from diagrams import DiagramSettings
+
+        threads = DiagramSettings().max_concurrent
+    except ImportError:  # no renderers in this venv: nothing will be drawn
+        threads = 1
+    return ThreadPoolExecutor(threads, thread_name_prefix="draw")
+
+
 @router.post("/infer", summary="Describe a diagram (multipart field `file`)", openapi_extra=_form_doc("file"))
 async def infer(request: Request) -> Response:
     return await _describe(request, "file")
@@ -106,12 +118,21 @@ async def _describe(request: Request, file_field: str) -> Response:
     form = await asyncio.to_thread(_parse_form, body, content_type, file_field)
     del body
     deadline = started + s.infer_timeout_s
-    picture_work = asyncio.ensure_future(asyncio.to_thread(_picture, form.data, form.filename))
+    kind = _diagram_kind(form.filename)
+    # A picture is checked on a thread of the loop's pool (milliseconds); a diagram source is drawn on the drawing
+    # pool (DIAGRAM_MAX_CONCURRENT threads, up to DIAGRAM_TIMEOUT_S each), so that drawings waiting for a renderer
+    # never hold the threads that decode every request's images. A client that leaves meanwhile is not drawn for.
+    loop = asyncio.get_running_loop()
+    pool = request.app.state.drawing if kind is not None else None
+    work = loop.run_in_executor(pool, _picture, form.data, form.filename, kind)
     try:
-        picture = await asyncio.wait_for(asyncio.shield(picture_work), timeout=max(deadline - time.perf_counter(), 0))
+        picture = await unless_disconnected(
+            request, asyncio.wait_for(work, timeout=max(deadline - time.perf_counter(), 0)))
     except TimeoutError:
         raise DeadlineExceeded(f"drawing the diagram took longer than INFER_TIMEOUT_S={s.infer_timeout_s:g}s") \
             from None
+    except ClientGone:
+        return Response(status_code=499)
     fields = form.fields
     prompt = fields.get("prompt") or s.infer_prompt
     content = [{"type": "image", "image": picture.b64}, {"type": "text", "text": prompt}]
@@ -212,9 +233,11 @@ def _parse_form(body: bytes, content_type: str, file_field: str) -> _Form:
         if name not in _FIELDS:
             raise ProtocolError(f"unknown form field {name[:64]!r}; known: {file_field}, {', '.join(_FIELDS)}",
                                 param=name[:64])
-        raw = (field.value or b"").decode("utf-8", "strict") if field.value is not None else ""
         try:
+            raw = (field.value or b"").decode("utf-8", "strict")
             values[name] = _FIELDS[name](raw)
+        except UnicodeDecodeError:
+            raise ProtocolError(f"{name} is not UTF-8 text", param=name) from None
         except ValueError:
             raise ProtocolError(f"{name} must be {_FIELDS[name].__name__}, got {raw[:64]!r}", param=name) from None
     picked = [f for f in files if (f.field_name or b"").decode("utf-8", "replace") == file_field]
@@ -233,10 +256,9 @@ def _parse_form(body: bytes, content_type: str, file_field: str) -> _Form:
     return _Form(data, filename, values)
 
 
-def _picture(data: bytes, filename: str | None) -> _Picture:
+def _picture(data: bytes, filename: str | None, kind: Any) -> _Picture:
     """The uploaded picture as the model gets it (blocking): an image as is, a diagram source drawn first."""
     diagram = None
-    kind = _diagram_kind(filename)
     if kind is not None:
         data, diagram = _draw(data, filename, kind)
     fmt = sniff_format(data)
@@ -254,6 +276,7 @@ def _picture(data: bytes, filename: str | None) -> _Picture:
 
 
 def _diagram_kind(filename: str | None) -> Any:
+    """The kind of diagram source the file name says (None: a picture), or RendererMissing without ``diagrams``."""
     if not filename:
         return None
     try:

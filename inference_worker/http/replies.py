@@ -50,5 +50,11 @@ class EventStream(StreamingResponse):
                 group.cancel_scope.cancel()
 
             group.start_soon(stream)
-            await self.listen_for_disconnect(receive)
-            group.cancel_scope.cancel()
+            try:
+                await self.listen_for_disconnect(receive)
+            finally:
+                group.cancel_scope.cancel()
+        # Closed now, not when the garbage collector gets to it: its `finally` ends the request's streams.
+        close = getattr(self.body_iterator, "aclose", None)
+        if close is not None:
+            await close()

@@ -105,3 +105,8 @@ def test_replies_have_openais_shape():
     piece = oa.chunk("c1", 1, "demo", 1, {"content": "x"})
     assert piece["object"] == "chat.completion.chunk" and piece["choices"][0]["index"] == 1
     assert oa.usage_chunk("c1", 1, "demo", 3, 4)["choices"] == []
+
+
+def test_a_lone_surrogate_is_refused_as_over_websocket():
+    error = refused(b'{"model": "demo", "messages": [{"role": "user", "content": "hi \\udc00"}]}')
+    assert "surrogate" in error.message

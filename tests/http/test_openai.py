@@ -315,3 +315,21 @@ def test_load_unknown_lora_adapter(worker: EmbeddedWorker) -> None:
     assert {"message", "type", "param", "code"} <= set(error)
     assert error["type"] == "invalid_request_error" and error["code"] == "adapter_not_found"
     assert isinstance(error["message"], str) and error["message"]
+
+
+def test_a_lora_name_never_changes_the_weights_it_stands_for(worker: EmbeddedWorker) -> None:
+    """A lora_name that already names other weights (an adapter of the store, an earlier lora_name) is refused with
+    409, so `model=demo-b` never starts running demo-a's weights under its clients; load_inplace replaces only an
+    alias of its own."""
+    with httpx2.Client(base_url=worker.api, timeout=60) as http:
+        taken = http.post("/v1/load_lora_adapter", json={"lora_name": "demo-b", "lora_path": "demo-a"})
+        assert taken.status_code == 409 and taken.json()["error"]["code"] == "adapter_conflict"
+        assert http.post("/v1/load_lora_adapter", json={"lora_name": "pair", "lora_path": "demo-a"}).status_code == 200
+        again = http.post("/v1/load_lora_adapter", json={"lora_name": "pair", "lora_path": "demo-b"})
+        assert again.status_code == 409
+        replaced = http.post("/v1/load_lora_adapter",
+                             json={"lora_name": "pair", "lora_path": "demo-b", "load_inplace": True})
+        assert replaced.status_code == 200
+        roots = {m["id"]: m["root"] for m in http.get("/v1/models").json()["data"]}
+        assert roots["pair"] == "demo-b" and roots["demo-b"] == "demo-b"
+        assert http.post("/v1/unload_lora_adapter", json={"lora_name": "pair"}).status_code == 200

@@ -385,3 +385,48 @@ def test_no_server_path_in_any_reply(api, demo, adapter_root):
     for body in BODIES:
         for secret in secrets:
             assert secret not in body, (secret, body[:500])
+
+
+def test_a_form_field_that_is_not_utf8_is_400_naming_it(api):
+    response = api.post("/infer", files={**upload("d.png", picture()), "prompt": (None, b"\xff\xfe")}, data=GREEDY)
+    assert error_of(response, 400, "invalid_message")["param"] == "prompt"
+
+
+def test_requests_in_flight_beyond_max_connections_are_busy_probes_still_answer(demo, adapter_root):
+    """MAX_CONNECTIONS=1: while one /infer is in flight, another gets 429 busy with Retry-After (the API's error
+    body, before its body is read); /health and /ready answer all the same."""
+    import threading
+
+    settings = worker_settings(demo, adapter_root, max_connections=1, max_new_tokens=4096)
+    with EmbeddedWorker(settings) as running, http_client(running) as client:
+        service = running.service
+        first: dict[str, Any] = {}
+        thread = threading.Thread(target=lambda: first.setdefault("response", client.post(
+            "/infer", files=upload("d.png", picture()), data={"max_tokens": "4000", "temperature": "0"})))
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not service.admission.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert service.admission.running == 1
+        with http_client(running) as other:
+            refused = other.post("/infer", files=upload("d.png", picture()), data=GREEDY)
+            assert error_of(refused, 429, "busy")["retryable"] is True
+            assert refused.headers["retry-after"] == "1" and "MAX_CONNECTIONS" in refused.json()["detail"]
+            assert other.get("/health").status_code == 200 and other.get("/ready").status_code == 200
+        thread.join(120)
+        assert first["response"].status_code == 200
+
+
+def test_a_model_directory_is_never_named_by_its_path(tmp_path):
+    """Even a model that failed to load (its directory missing) is named by its last part, and the load error in
+    /health by its type: the server's paths stay in its log."""
+    from inference_worker.config import Settings
+    from inference_worker.service import Service
+
+    service = Service(Settings(model_name=str(tmp_path / "secret" / "qwen-missing"), http_port=None))
+    service.load_error = f"OSError: {tmp_path}/secret/qwen-missing is not a directory"
+    health = service.health()
+    assert health["model"] == "qwen-missing" and str(tmp_path) not in str(health)
+    assert health["error"].startswith("OSError")
+    assert Service(Settings(model_name="Qwen/Qwen3-VL-2B-Instruct", http_port=None)).public_model_name == \
+        "Qwen/Qwen3-VL-2B-Instruct"
