@@ -253,9 +253,14 @@ def _name_the_model(error: ServiceError, model: str, adapter: str | None) -> Non
 
 
 # ---- adapters (vLLM's run-time LoRA routes) --------------------------------------------------------------------------
-@router.post("/load_lora_adapter", summary="Load an adapter from the adapter store and serve it as `lora_name`",
-             response_class=PlainTextResponse,
-             openapi_extra=json_body(LoadLoraRequest, "vLLM's body: lora_name, and optionally lora_path."))
+def _lora_route(path: str, summary: str, body: type[BaseModel], description: str) -> Any:
+    """A vLLM LoRA route: a JSON body, and vLLM's plain-text ``Success: ...`` reply."""
+    return router.post(path, summary=summary, response_class=PlainTextResponse,
+                       openapi_extra=json_body(body, description))
+
+
+@_lora_route("/load_lora_adapter", "Load an adapter from the adapter store and serve it as `lora_name`",
+             LoadLoraRequest, "vLLM's body: lora_name, and optionally lora_path.")
 async def load_lora_adapter(request: Request) -> Response:
     service, models = _service(request), _models(request)
     body: LoadLoraRequest = await _body(request, LoadLoraRequest)
@@ -289,13 +294,11 @@ async def _names_an_adapter(service: Service, name: str) -> bool:
     return any(item.name == name for item in (await service.list_adapters()).items)
 
 
-@router.post("/unload_lora_adapter", summary="Stop serving an adapter loaded by /v1/load_lora_adapter",
-             response_class=PlainTextResponse,
-             openapi_extra=json_body(UnloadLoraRequest, "vLLM's body: lora_name."))
+@_lora_route("/unload_lora_adapter", "Stop serving an adapter loaded by /v1/load_lora_adapter",
+             UnloadLoraRequest, "vLLM's body: lora_name.")
 async def unload_lora_adapter(request: Request) -> Response:
     service, models = _service(request), _models(request)
-    body: UnloadLoraRequest = await _body(request, UnloadLoraRequest)
-    name = body.lora_name
+    name = (await _body(request, UnloadLoraRequest)).lora_name
     async with models.changing:
         ref = models.aliases.get(name, name)
         registry = service.registry
