@@ -14,8 +14,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import httpx2
 import pytest
 from websockets.exceptions import InvalidStatus
+
+from tools.s3server import free_ports
 
 from ..helpers import Client, greedy
 
@@ -173,6 +176,33 @@ def test_sigterm_after_grace_ends_streams_with_an_error(demo):
         stream = c.collect("s", timeout=30)
         assert stream.terminal["type"] == "error" and stream.terminal["code"] == "shutting_down"
         assert stream.terminal["retryable"] is True
+    assert worker.proc.wait(60) == 0
+
+
+def test_sigterm_drains_the_http_api_too(demo):
+    """SIGTERM with no grace: a streamed chat completion ends with exactly one shutting_down error event and [DONE];
+    during the notice the HTTP port's /ready answers 503 and a new request 503 shutting_down; exit code 0."""
+    (http_port,) = free_ports(1)
+    worker = serve_demo(demo, "--http-port", str(http_port), "--shutdown-grace-s", "0", "--shutdown-notice-s", "10")
+    events: list[str] = []
+    with httpx2.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=60) as http:
+        model = http.get("/v1/models").json()["data"][0]["id"]
+        chat = {"model": model, "messages": [{"role": "user", "content": "Describe the diagram."}],
+                "max_tokens": 2048, "temperature": 0, "stream": True}
+        with http.stream("POST", "/v1/chat/completions", json=chat) as stream:
+            assert stream.status_code == 200
+            for line in stream.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                events.append(line[6:])
+                if len(events) == 3:  # the role chunk and two pieces of text: it is generating
+                    worker.proc.send_signal(signal.SIGTERM)
+        errors = [json.loads(e)["error"] for e in events if e.startswith('{"error"')]
+        assert [e["code"] for e in errors] == ["shutting_down"] and errors[0]["retryable"] is True
+        assert events[-1] == "[DONE]" and events.count("[DONE]") == 1
+        assert http.get("/ready").status_code == 503
+        refused = http.post("/v1/chat/completions", json={**chat, "stream": False})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "shutting_down"
     assert worker.proc.wait(60) == 0
 
 
