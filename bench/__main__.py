@@ -5,6 +5,7 @@
     python -m bench --size 2b               # the Qwen3-VL-2B architecture (random weights; for a GPU machine)
     python -m bench --model /models/qwen3-vl-2b-instruct --figures 1,2
     python -m bench --size mid --figures 8  # the Ray Serve path beside the in-process worker (starts a local cluster)
+    python -m bench --size mid --figures 9  # streaming over HTTP (SSE) beside the WebSocket, on the same worker
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .figures import (
     figure6,
     figure7,
     figure8,
+    figure9,
     finite,
     say,
 )
@@ -72,16 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "and mid). 2b is the Qwen3-VL-2B architecture with random weights (4.3 GB, built once)")
     p.add_argument("--model", type=Path, help="benchmark this checkpoint directory instead of the built-in sizes")
     p.add_argument("--figures", type=_ints, default=list(DEFAULT_FIGURES),
-                   help="figures to run, comma-separated (default 1-6; 7 needs make venv-vllm; 8 starts a Ray cluster)")
-    p.add_argument("--trials", type=int, help="interleaved trials per subject (figures 1, 2, 5)")
+                   help="figures to run, comma-separated (default 1-6; 7 needs make venv-vllm; 8 starts a Ray cluster; "
+                   "9: HTTP (SSE) beside WebSocket)")
+    p.add_argument("--trials", type=int, help="interleaved trials per subject (figures 1, 2, 5, 9)")
     p.add_argument("--warmup", type=int, help="untimed runs of each subject before its trials")
-    p.add_argument("--tokens", type=int, help="tokens generated per request (figures 1, 2, 5)")
+    p.add_argument("--tokens", type=int, help="tokens generated per request (figures 1, 2, 5; 9 with 1 client)")
     p.add_argument("--image-side", type=int, help="side of the square test image in pixels")
     p.add_argument("--swap-trials", type=int, help="trials of the hot-swap measurement (figure 3)")
     p.add_argument("--clients", type=_ints, help="concurrency levels (figure 4), e.g. 1,2,4,8")
-    p.add_argument("--requests-per-client", type=int, help="requests each client sends in turn (figure 4)")
+    p.add_argument("--requests-per-client", type=int, help="requests each client sends in turn (figures 4, 8, 9)")
     p.add_argument("--concurrency-trials", type=int, help="trials of figure 4")
-    p.add_argument("--concurrency-tokens", type=int, help="tokens per request in figure 4")
+    p.add_argument("--concurrency-tokens", type=int, help="tokens per request in figures 4, 8 and 9 (8 clients)")
     p.add_argument("--max-batch-rows", type=int, default=None,
                    help="the worker's MAX_BATCH_ROWS (default: the worker's own, 8 on CPU, 32 on CUDA)")
     p.add_argument("--cycles", type=int, help="adapter load/unload cycles (figure 6)")
@@ -151,7 +154,7 @@ def run(options: Options) -> tuple[list[Row], Run]:
     rows: list[Row] = []
     per_target = [
         (1, figure1), (2, figure2), (3, figure3_swap), (4, figure4), (5, figure5), (6, figure6), (7, figure7),
-        (8, figure8),
+        (8, figure8), (9, figure9),
     ]
     targets: list[tuple[Path, str, str | None]] = []
     if options.model_dir is not None:
@@ -167,9 +170,9 @@ def run(options: Options) -> tuple[list[Row], Run]:
                 for number, fn in per_target:
                     if number not in options.figures:
                         continue
-                    if number in (4, 6, 8):
+                    if number in (4, 6, 8, 9):
                         # 4: a fresh worker, one that has never run two generations at once (see figure 4);
-                        # 6: runs a worker of its own: free the CPU and memory first
+                        # 6: runs a worker of its own: free the CPU and memory first; 9: a worker with its HTTP API
                         target.stop_worker()
                     say(f"figure {number} ({FIGURES[number]}), {target.label}")
                     try:

@@ -24,8 +24,10 @@ FIGURES = {
     6: "memory",
     7: "vLLM engine",
     8: "Ray Serve overhead",
+    9: "HTTP (SSE) beside WebSocket",
 }
-DEFAULT_FIGURES = (1, 2, 3, 4, 5, 6)  # 7 needs the vLLM venv, 8 starts a Ray cluster: asked for by number
+# 7 needs the vLLM venv, 8 starts a Ray cluster, 9 compares the worker's two protocols: asked for by number
+DEFAULT_FIGURES = (1, 2, 3, 4, 5, 6)
 
 
 @dataclass

@@ -11,6 +11,7 @@ trials interleaved with the order reversed every trial (A B, B A, A B …) so th
     memory.py              6  memory
     vllm_engine.py         7  the vLLM engine
     ray_serve.py           8  Ray Serve overhead
+    http_sse.py            9  streaming over HTTP (SSE) beside the WebSocket
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from .ab import figure5
 from .concurrency import figure4
 from .hot_swap_cold_load import figure3_cold, figure3_swap
+from .http_sse import figure9
 from .lora_cost import figure2
 from .measure import finite
 from .memory import figure6
@@ -27,4 +29,4 @@ from .target import Options, Run, Target, say
 from .vllm_engine import figure7
 
 __all__ = ["Options", "Run", "Target", "figure1", "figure2", "figure3_cold", "figure3_swap", "figure4", "figure5",
-           "figure6", "figure7", "figure8", "finite", "say"]
+           "figure6", "figure7", "figure8", "figure9", "finite", "say"]

@@ -14,7 +14,7 @@ from ..baseline import InProcess
 from ..common import PROMPT, Request, diagram_png
 from ..models import AdapterSpec, ModelCache, is_vision_model, parameter_count
 from ..report import Row
-from ..worker import WorkerClient, WorkerConfig, WorkerProcess
+from ..worker import SseClient, WorkerClient, WorkerConfig, WorkerProcess
 
 ADAPTERS = ("bench-a", "bench-b", "bench-c", "bench-d")
 MIX: tuple[str | None, ...] = ("bench-a", "bench-b", "bench-c", None)  # figure 4: three adapters and the base
@@ -119,7 +119,7 @@ class Target:
         self._worker: WorkerProcess | None = None
         self._previous: WorkerProcess | None = None
         self._alternative: WorkerProcess | None = None
-        self._clients: list[WorkerClient] = []
+        self._clients: list[WorkerClient | SseClient] = []
 
     # ---- requests -----------------------------------------------------------------------------------------------
     def request(self, tokens: int) -> Request:
@@ -155,13 +155,16 @@ class Target:
             self._baseline = ip
         return self._baseline
 
-    def worker(self, env: dict[str, str] | None = None) -> WorkerProcess:
-        """The worker (started on first use; ``env``: settings of a worker started now, for one figure)."""
+    def worker(self, env: dict[str, str] | None = None, http_api: bool = False) -> WorkerProcess:
+        """The worker (started on first use; ``env``: settings of a worker started now, for one figure;
+        ``http_api``: a worker started now serves its HTTP API too, on a free port)."""
         if self._worker is None:
-            say(f"{self.label}: starting the worker" + (f" with {env}" if env else ""))
+            say(f"{self.label}: starting the worker" + (f" with {env}" if env else "")
+                + (" and its HTTP API" if http_api else ""))
             o = self.run.options
             config = WorkerConfig(self.model_dir, device=o.device, dtype=self.dtype, store_dir=self.store_dir(),
-                                  max_loaded_adapters=8, max_batch_rows=o.max_batch_rows, env=dict(env or {}))
+                                  max_loaded_adapters=8, max_batch_rows=o.max_batch_rows, env=dict(env or {}),
+                                  http_api=http_api)
             self._worker = WorkerProcess(config, self.run.logs / f"worker-{self.model_dir.name}.log").start()
         return self._worker
 
@@ -198,6 +201,12 @@ class Target:
         self._clients.append(c)
         if adapter is not None:
             c.load_adapter(adapter)
+        return c
+
+    def sse_client(self, worker: WorkerProcess | None = None) -> SseClient:
+        """An HTTP client of the worker's OpenAI-compatible API (the worker must serve it: ``http_api``)."""
+        c = (worker or self.worker()).sse_client()
+        self._clients.append(c)
         return c
 
     def stop_worker(self) -> None:

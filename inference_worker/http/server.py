@@ -51,6 +51,10 @@ class HttpServer:
         assert s.http_port is not None
         family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
         self.socket = socket.create_server((s.host, s.http_port), family=family, backlog=2048)
+        # asyncio turns Nagle's algorithm off only on sockets created as IPPROTO_TCP (create_server's are protocol 0):
+        # without this, an event written right after the headers waits for the client's delayed ACK (up to 40 ms on
+        # Linux) on a kept-alive connection. Accepted connections inherit it.
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.app = create_app(self.service, self.ws_port)
         config = uvicorn.Config(
             self.app,
