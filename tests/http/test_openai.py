@@ -333,3 +333,18 @@ def test_a_lora_name_never_changes_the_weights_it_stands_for(worker: EmbeddedWor
         roots = {m["id"]: m["root"] for m in http.get("/v1/models").json()["data"]}
         assert roots["pair"] == "demo-b" and roots["demo-b"] == "demo-b"
         assert http.post("/v1/unload_lora_adapter", json={"lora_name": "pair"}).status_code == 200
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/http.md"])
+def test_the_docs_openai_example_works_as_written(worker: EmbeddedWorker, page: str, capsys) -> None:
+    """The ``openai`` snippet of the README and of docs/http.md, run as written against a worker (only the demo's
+    address replaced by this worker's): it prints the model's answer."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / page).read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.DOTALL) if "OpenAI(base_url" in b]
+    assert len(blocks) == 1, f"{page}: one openai example"
+    code = blocks[0].replace("http://localhost:8000", worker.api)
+    exec(compile(code, page, "exec"), {})  # the project's own documentation
+    assert capsys.readouterr().out.strip(), "the example printed the answer"
