@@ -16,7 +16,8 @@ ALLOWED: dict[str, set[str]] = {
     "adapters": {"wire"},  # the adapter store
     "diagrams": {"wire"},  # diagram sources drawn as pictures
     "checkpoints": {"wire", "adapters"},  # random checkpoints and adapters for the demo, tests and benchmarks
-    "inference_worker": {"wire", "adapters", "checkpoints"},  # engines, the server and its sessions
+    # engines, the servers and their sessions; diagrams: /infer draws diagram sources (when the renderers are installed)
+    "inference_worker": {"wire", "adapters", "checkpoints", "diagrams"},
     "playground": {"wire", "diagrams"},  # the UI and its client: it talks to a worker only over the wire
     # On top, the project's own tools: they start workers and talk to them with the one client (playground.client).
     "tools": {"wire", "adapters", "checkpoints", "inference_worker", "playground", "diagrams"},  # soak, stack, S3
