@@ -8,6 +8,7 @@ in-process transformers worker on the same demo checkpoint (float32 on CPU for b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -116,8 +117,13 @@ def test_status_and_metrics_report_vllms_scheduler(vllm):
         assert c.recv()["type"] == "token"
         watcher = Client(vllm.url)
         try:
-            deadline = time.monotonic() + 15  # under the client's 20 s keepalive: c reads nothing meanwhile
+            deadline = time.monotonic() + 15
             while True:
+                # c keeps reading its tokens meanwhile (into its backlog): a client that stops reading stops
+                # answering the worker's keepalive pings, and a slow machine would see the worker drop it.
+                with contextlib.suppress(TimeoutError):
+                    while True:
+                        c.backlog.append(json.loads(c.ws.recv(timeout=0)))
                 status = watcher.request({"type": "status"}, "status")
                 if (status["running"] == 1 and status["kv_cache_bytes"] > 0) or time.monotonic() > deadline:
                     break
