@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo", action="store_true", help="the offline demo's store, which `make demo` serves "
                         "(INFERENCE_DEMO_DIR/adapters; default ~/.cache/inference-worker/demo/adapters)")
     parser.add_argument("--bucket", help="S3 bucket (env MINIO_BUCKET, default adapters)")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", "-q", action="store_true",
+                        help="no progress bars (there are none when stderr is not a terminal)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     push = commands.add_parser("push", help="validate and publish a PEFT directory or .zip as NAME",
@@ -75,9 +76,12 @@ def _parser() -> argparse.ArgumentParser:
 
 @contextmanager
 def _progress(label: str, quiet: bool) -> Iterator[Progress]:
+    """Progress bars on a terminal only: without one (a pipe, a log, CI) a bar cannot redraw itself and its frames
+    would run into the result line, which is the one line printed there."""
     from tqdm import tqdm
 
     bars: dict[str, Any] = {}
+    quiet = quiet or not sys.stderr.isatty()
 
     def report(stage: str, done: int, total: int | None) -> None:
         if quiet:

@@ -149,6 +149,9 @@ def read_config(directory: Path) -> dict[str, Any]:
 
 
 def _check_config(config: dict[str, Any]) -> tuple[int, float, list[str]]:
+    if "peft_type" not in config:
+        raise AdapterInvalid(f"{CONFIG_FILE} has no peft_type (PEFT's save_pretrained writes \"peft_type\": \"LORA\"): "
+                             "only LoRA adapters are supported")
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "LORA":
         raise AdapterInvalid(f"only LoRA adapters are supported, this one is {config.get('peft_type')!r}")

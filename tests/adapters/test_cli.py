@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -193,3 +194,38 @@ def test_readme_cli_commands_run_as_written(good_adapter, tmp_path):
         result = subprocess.run([sys.executable, *args[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
                                 timeout=120)
         assert result.returncode == 0, (command, result.stderr)
+
+
+def test_no_progress_bars_without_a_terminal_one_clean_line_per_result(good_adapter, tmp_path):
+    """Without -q, and stderr a pipe (CI, a log): no bar frames (they cannot redraw there and ran into the result
+    line), one clean line per result. On a terminal the bars are drawn."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINIO_")}
+    env.update(ADAPTER_STORE_DIR=str(tmp_path / "store"), ADAPTER_CACHE_DIR=str(tmp_path / "cache"))
+
+    def run(*args: str, stderr: int = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "adapters", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=stderr, text=True, timeout=120, check=True)
+
+    push = run("push", str(good_adapter), "mine")
+    verify = run("verify", "mine")
+    for result in (push, verify):
+        assert result.stderr == "", result.stderr
+        assert len(result.stdout.strip().splitlines()) == 1 and "%|" not in result.stdout, result.stdout
+    assert push.stdout.startswith("published mine") and verify.stdout.startswith("ok: mine")
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
+    try:
+        run("push", str(good_adapter), "again", stderr=secondary)
+        os.close(secondary)
+        drawn = b""
+        with contextlib.suppress(OSError):  # EIO once everything written has been read
+            while chunk := os.read(primary, 65536):
+                drawn += chunk
+    finally:
+        os.close(primary)
+    assert b"again uploading" in drawn, drawn[:500]

@@ -36,6 +36,7 @@ def test_missing_directory_is_not_found(tmp_path):
         (lambda d: (d / "adapter_config.json").write_text("{oops"), "not valid JSON"),
         (lambda d: (d / "adapter_config.json").write_text("[]"), "JSON object"),
         (lambda d: edit_config(d, peft_type="PREFIX_TUNING"), "only LoRA"),
+        (lambda d: (d / "adapter_config.json").write_text("{}"), "adapter_config.json has no peft_type"),
         (lambda d: edit_config(d, r=0), "positive integer"),
         (lambda d: edit_config(d, r=4), "rank 8 but"),
         (lambda d: edit_config(d, target_modules=[]), "target_modules"),
