@@ -56,6 +56,7 @@ from wire.protocol import (
 from .errors import (
     EXIT_FAILED,
     EXIT_RETRY,
+    EXIT_UNAVAILABLE,
     EXIT_USAGE,
     BadFrame,
     ClientCode,
@@ -79,7 +80,8 @@ from .messages import (
 from .routing import Connection
 
 __all__ = [
-    "DEFAULT_URL", "EXIT_FAILED", "EXIT_RETRY", "EXIT_USAGE", "UNSET", "BadFrame", "ClientCode", "InvalidRequest",
+    "DEFAULT_URL", "EXIT_FAILED", "EXIT_RETRY", "EXIT_UNAVAILABLE", "EXIT_USAGE", "UNSET", "BadFrame", "ClientCode",
+    "InvalidRequest",
     "PlaygroundError", "WorkerClient", "WorkerError", "WorkerUnavailable", "describe_progress", "encode_request",
     "exit_status", "generate_message", "image_part", "new_session_id", "user_message",
 ]

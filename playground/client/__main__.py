@@ -10,11 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from diagrams import DiagramError, describe_kinds, kind_of, render_async
+from diagrams import DiagramError, RendererMissing, describe_kinds, kind_of, render_async
 from wire.protocol import AdapterLoaded, Done
 
 from . import (
     DEFAULT_URL,
+    EXIT_UNAVAILABLE,
     EXIT_USAGE,
     UNSET,
     PlaygroundError,
@@ -77,6 +78,9 @@ async def _run_cli(args: argparse.Namespace, out: Any, err: Any) -> int:
         if kind_of(path.name) is not None:  # a diagram source: drawn here (on a thread), the worker gets a picture
             try:
                 rendered = await render_async(data, name=path.name)
+            except RendererMissing as exc:  # not the user's mistake: this machine lacks a program (make renderers)
+                print(f"error: {path.name}: {exc}", file=err)
+                return EXIT_UNAVAILABLE
             except DiagramError as exc:
                 print(f"error: {path.name}: {exc}", file=err)
                 return EXIT_USAGE

@@ -54,6 +54,7 @@ class PlaygroundError(Exception):
 # Exit statuses of the command lines (python -m playground.client, python -m playground.eval).
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a renderer this command needs is not installed here (make renderers)
 EXIT_RETRY = 75  # EX_TEMPFAIL: the same command may work later (worker busy, down or loading)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
 import sys
@@ -90,3 +91,15 @@ def test_cli_diagram_that_cannot_be_drawn_exits_2(worker, renderer, tmp_path):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == ("error: leak.puml: PlantUML: cannot include /etc/passwd: the sandbox reads no file or URL "
                              "(line 2)\n")
+
+
+def test_cli_missing_renderer_exits_69_not_2(worker, tmp_path):
+    """A diagram source whose renderer is not installed (here: Chromium moved away): exit status 69 (EX_UNAVAILABLE:
+    this machine lacks a program; 2 is for bad arguments), one line saying what to install; nothing is sent."""
+    source = tmp_path / "process.bpmn"
+    source.write_bytes((DIAGRAMS_DATA / "order-process.bpmn").read_bytes())
+    result = subprocess.run([sys.executable, "-m", "playground.client", "--url", worker.url, "--image", str(source),
+                             PROMPT], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "DIAGRAM_CHROMIUM_PATH": str(tmp_path / "no-chromium")})
+    assert result.returncode == 69 and result.stdout == "", result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "renderers" in result.stderr, result.stderr
