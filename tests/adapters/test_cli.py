@@ -171,6 +171,18 @@ def test_demo_flag_is_the_store_the_demo_worker_serves(demo, good_adapter, tmp_p
         assert listed == ["demo-a", "demo-b"]
         assert "published team-x" in run("push", str(good_adapter), "team-x").stdout
         assert c.load("team-x")["type"] == "adapter_loaded"
+        # The README's demo commands, as written: list, pull a demo adapter into a directory, push it as "mine".
+        block = (ROOT / "README.md").read_text().split("the adapter CLI reaches it with `--demo`", 1)[1]
+        block = block.split("```bash", 1)[1].split("```", 1)[0]
+        commands = [line.split("#", 1)[0].strip() for line in block.strip().splitlines()]
+        assert [c.split()[:5] for c in commands] == [[".venv/bin/python", "-m", "adapters", "--demo", verb]
+                                                      for verb in ("list", "pull", "push")], commands
+        for command in commands:
+            args = shlex.split(command)
+            done = subprocess.run([sys.executable, *args[1:]], cwd=tmp_path, env=env, capture_output=True,
+                                  text=True, timeout=120)
+            assert done.returncode == 0, (command, done.stderr)
+        assert c.load("mine")["type"] == "adapter_loaded"
 
 
 def readme_cli_commands() -> list[str]:
