@@ -24,6 +24,11 @@ from .validation import RequestLimits
 MiB = 1024 * 1024
 
 
+def is_off(value: Any) -> bool:
+    """Whether a port setting's value turns it off (HTTP_PORT=off, or empty)."""
+    return isinstance(value, str) and value.strip().lower() in ("", "off", "none", "false")
+
+
 def _env(name: str, *more: str) -> AliasChoices:
     return AliasChoices(name, *more)
 
@@ -424,16 +429,9 @@ class Settings(StoreSettings):
     @field_validator("http_port", mode="before")
     @classmethod
     def _port_off(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().lower() in ("", "off", "none", "false"):
-            return None
-        return value
+        return None if is_off(value) else value
 
-    @field_validator("infer_system_prompt", mode="before")
-    @classmethod
-    def _no_system_prompt(cls, value: Any) -> Any:
-        return None if value == "" else value
-
-    @field_validator("default_adapter", "auth_token", "max_batch_rows", "kv_cache_max_bytes",
+    @field_validator("default_adapter", "auth_token", "infer_system_prompt", "max_batch_rows", "kv_cache_max_bytes",
                      "ray_max_replicas", "ray_target_ongoing_requests", "ray_max_ongoing_requests",
                      "ray_adapters_per_replica", mode="before")
     @classmethod

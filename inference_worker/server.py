@@ -160,8 +160,7 @@ class WorkerServer:
             status = HTTPStatus.INTERNAL_SERVER_ERROR if service.load_error else HTTPStatus.OK
             return _json(status, service.health())
         if path == "/ready":
-            ready = service.ready and not service.draining and service.engine_available
-            return _json(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, service.health())
+            return _json(HTTPStatus.OK if service.serving else HTTPStatus.SERVICE_UNAVAILABLE, service.health())
         if not self._authorized(request):
             return _json(HTTPStatus.UNAUTHORIZED, {"error": "unauthorized", "message": "missing or wrong token"})
         if path == "/metrics":

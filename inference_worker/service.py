@@ -338,6 +338,11 @@ class Service:
         """The engine can take requests (a Ray deployment with no live replica cannot)."""
         return self.engine is not None and self.engine.status().available
 
+    @property
+    def serving(self) -> bool:
+        """Ready for requests (``/ready`` is 200): the model loaded, not draining, the engine available."""
+        return self.ready and not self.draining and self.engine_available
+
     def health(self) -> dict[str, Any]:
         info = self.engine.info if self.engine else None
         return {

@@ -140,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     worker = playground = None
     host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
     ws_url = f"ws://{host}:{args.worker_port}"
-    http_off = str(args.http_port).strip().lower() in ("", "off", "none", "false")
-    http_url = None if http_off else f"http://{host}:{args.http_port}"
+    from inference_worker.config import is_off
+
+    http_url = None if is_off(args.http_port) else f"http://{host}:{args.http_port}"
     try:
         print(f"starting the worker ({'demo model' if args.demo else args.model}) …", flush=True)
         worker = subprocess.Popen(worker_cmd, cwd=ROOT, env=env, start_new_session=True)

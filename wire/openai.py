@@ -132,14 +132,7 @@ def parse_chat_request(body: bytes, limits: p.ParseLimits = p.ParseLimits()) -> 
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidJson("the body is not UTF-8 text") from None
-    p.check_json_items(text, limits.max_frame_json_items)
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        reason = str(exc) if isinstance(exc, json.JSONDecodeError | RecursionError) else "a number has too many digits"
-        raise InvalidJson(f"the body is not valid JSON: {reason}") from None
-    if not isinstance(data, dict):
-        raise ProtocolError(f"the body must be a JSON object, got {type(data).__name__}")
+    data = p.load_json_object(text, limits, source="the body", item="the body")
     p.check_generate_sizes(data, limits)
     if p.has_lone_surrogate(data):
         raise ProtocolError("a string holds a lone UTF-16 surrogate (an escape such as \\udc00 without its pair): "
@@ -147,7 +140,7 @@ def parse_chat_request(body: bytes, limits: p.ParseLimits = p.ParseLimits()) -> 
     try:
         request = ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
-        raise _invalid(exc) from None
+        raise validation_error(exc) from None
     for name, neutral in _NEUTRAL.items():
         value = getattr(request, name)
         if value not in neutral:
@@ -185,7 +178,8 @@ def _shown(neutral: tuple[Any, ...]) -> str:
     return "unset" + (" or " + " or ".join(values) if values else "")
 
 
-def _invalid(exc: ValidationError) -> ProtocolError:
+def validation_error(exc: ValidationError) -> ProtocolError:
+    """A request body's validation error as one ProtocolError naming the field at fault (``param``)."""
     # A union's branches each add an error: the one that went deepest is the one the client meant.
     err = max(exc.errors(include_url=False), key=lambda e: len(e["loc"]))
     param = _param(err["loc"])
@@ -237,7 +231,7 @@ def to_generate(request: ChatCompletionRequest, adapter: str | None, seed: int |
     try:
         return p.Generate.model_validate(data)
     except ValidationError as exc:
-        raise _invalid(exc) from None
+        raise validation_error(exc) from None
 
 
 # ---- replies -------------------------------------------------------------------------------------------------------

@@ -176,17 +176,25 @@ def parse_client_message(frame: str | bytes, limits: ParseLimits = ParseLimits()
         del error  # this frame must not hold the exception that holds this frame
 
 
+def load_json_object(text: str, limits: ParseLimits, *, source: str = "the frame",
+                     item: str = "a message") -> dict[str, Any]:
+    """``text`` as a JSON object, its items counted before it is parsed (a WebSocket frame, an HTTP body); raises
+    :class:`InvalidJson` ("``source`` is not valid JSON") or :class:`ProtocolError` ("``item`` must be an object")."""
+    check_json_items(text, limits.max_frame_json_items)
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, or an integer of over 4300 digits
+        reason = str(exc) if isinstance(exc, json.JSONDecodeError | RecursionError) else "a number has too many digits"
+        raise InvalidJson(f"{source} is not valid JSON: {reason}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{item} must be a JSON object, got {type(data).__name__}")
+    return data
+
+
 def _parse(frame: str | bytes, limits: ParseLimits) -> Any:
     if isinstance(frame, bytes):
         raise UnsupportedFrame("binary frames are not part of the protocol: send JSON text")
-    check_json_items(frame, limits.max_frame_json_items)
-    try:
-        data = json.loads(frame)
-    except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, or an integer of over 4300 digits
-        reason = str(exc) if isinstance(exc, json.JSONDecodeError | RecursionError) else "a number has too many digits"
-        raise InvalidJson(f"the frame is not valid JSON: {reason}") from None
-    if not isinstance(data, dict):
-        raise ProtocolError(f"a message must be a JSON object, got {type(data).__name__}")
+    data = load_json_object(frame, limits)
     kind = data.get("type")
     if not isinstance(kind, str):
         raise ProtocolError('a message needs a string "type"')

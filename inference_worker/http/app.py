@@ -22,7 +22,6 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
 from wire.errors import InternalError, NotFound, ProtocolError, ServiceError
-from wire.http import error_body
 
 from ..service import Service
 from . import openai, original
@@ -96,8 +95,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         error: ServiceError = NotFound(f"no such path: {request.url.path[:200]} (GET /docs lists them)")
     else:
         error = ProtocolError(str(exc.detail))
-    return JSONResponse(error_body(error, exc.status_code), status_code=exc.status_code,
-                        headers=dict(exc.headers or {}))
+    return error_reply(error, exc.status_code, exc.headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

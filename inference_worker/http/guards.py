@@ -13,25 +13,20 @@ Both answer with the one error body of :mod:`wire.http`.
 from __future__ import annotations
 
 import hmac
-import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wire.errors import CapacityError, RequestTooLarge, ServiceError, Unauthorized
-from wire.http import error_body, error_headers, status_of
+
+from .replies import error_reply
 
 PUBLIC_PATHS = frozenset({"/", "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 PUBLIC_PREFIXES = ("/docs/assets/",)
 
 
-async def send_error(send: Send, error: ServiceError) -> None:
-    """Answer a request with ``error`` (its status, the one body, Retry-After when retryable)."""
-    status = status_of(error)
-    body = json.dumps(error_body(error)).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(error).items()]
-    await send({"type": "http.response.start", "status": int(status), "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+async def send_error(scope: Scope, receive: Receive, send: Send, error: ServiceError) -> None:
+    """Answer a request with ``error``: the routes' own error reply, sent before any route runs."""
+    await error_reply(error)(scope, receive, send)
 
 
 class InFlightLimit:
@@ -45,7 +40,7 @@ class InFlightLimit:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.most:
-            await send_error(send, CapacityError(
+            await send_error(scope, receive, send, CapacityError(
                 f"{self.most} HTTP requests are in flight (MAX_CONNECTIONS); retry later"))
             return
         self.in_flight += 1
@@ -77,7 +72,7 @@ class BodyLimit:
                 except ValueError:
                     declared = -1
                 if declared > limit:
-                    await send_error(send, refusal)
+                    await send_error(scope, receive, send, refusal)
                     return
         received = 0
         started = False
@@ -101,7 +96,7 @@ class BodyLimit:
             await self.app(scope, bounded_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await send_error(send, refusal)
+                await send_error(scope, receive, send, refusal)
 
 
 class BearerAuth:
@@ -114,7 +109,8 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         if not hmac.compare_digest(_bearer(scope), self.expected):
-            await send_error(send, Unauthorized("missing or wrong token: send Authorization: Bearer <token>"))
+            await send_error(scope, receive, send,
+                             Unauthorized("missing or wrong token: send Authorization: Bearer <token>"))
             return
         await self.app(scope, receive, send)
 

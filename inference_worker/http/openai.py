@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -91,9 +91,7 @@ async def _body(request: Request, model: type[BaseModel]) -> Any:
     try:
         return model.model_validate_json(body or b"{}")
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        param = ".".join(str(part) for part in err["loc"])
-        raise ProtocolError(f"{param or 'body'}: {err['msg']}", param=param or None) from None
+        raise oa.validation_error(exc) from None
 
 
 # ---- models ----------------------------------------------------------------------------------------------------------
@@ -211,24 +209,17 @@ async def _stream(request: Request, events: Any, reply: _Reply, include_usage: b
         try:
             for index in range(reply.n):
                 yield reply.chunk(index, {"role": "assistant", "content": ""})
-            pending: list[tuple[int, FrontEvent]] = [first]
-            while True:
-                if pending:
-                    index, event = pending.pop()
-                else:
-                    try:
-                        index, event = await anext(events)
-                    except StopAsyncIteration:
-                        break
-                if isinstance(event, TextDelta):
-                    yield reply.chunk(index, {"content": event.text})
-                elif isinstance(event, Completed):
-                    reply.ends[index] = event
-                    yield reply.chunk(index, {}, event.finish_reason)
-                elif isinstance(event, Failed):  # after the status was sent: an error event, then the end
-                    yield sse({"error": _error_payload(event.error)})
-                    yield sse("[DONE]")
-                    return
+            async with contextlib.aclosing(_starting_with(first, events)) as every:
+                async for index, event in every:
+                    if isinstance(event, TextDelta):
+                        yield reply.chunk(index, {"content": event.text})
+                    elif isinstance(event, Completed):
+                        reply.ends[index] = event
+                        yield reply.chunk(index, {}, event.finish_reason)
+                    elif isinstance(event, Failed):  # after the status was sent: an error event, then the end
+                        yield sse({"error": _error_payload(event.error)})
+                        yield sse("[DONE]")
+                        return
             if len(reply.ends) != reply.n:
                 yield sse({"error": _error_payload(InternalError("a choice ended without a result"))})
             elif include_usage:
@@ -239,6 +230,14 @@ async def _stream(request: Request, events: Any, reply: _Reply, include_usage: b
             await events.aclose()
 
     return EventStream(body())
+
+
+async def _starting_with(first: tuple[int, FrontEvent],
+                         events: AsyncIterator[tuple[int, FrontEvent]]) -> AsyncGenerator[tuple[int, FrontEvent], None]:
+    """``first`` (already taken from ``events``), then the rest of ``events``."""
+    yield first
+    async for item in events:
+        yield item
 
 
 def _error_payload(error: ServiceError) -> dict[str, Any]:

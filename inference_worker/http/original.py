@@ -17,6 +17,7 @@ import io
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -207,19 +208,16 @@ def _parse_form(body: bytes, content_type: str, file_field: str) -> _Form:
     files: list[Any] = []
     fields: list[Any] = []
 
-    def on_field(field: Any) -> None:
-        fields.append(field)
-        if len(fields) + len(files) > _MAX_FORM_FIELDS:
-            raise ProtocolError(f"the form has more than {_MAX_FORM_FIELDS} parts")
-
-    def on_file(file: Any) -> None:
-        files.append(file)
-        if len(fields) + len(files) > _MAX_FORM_FIELDS:
-            raise ProtocolError(f"the form has more than {_MAX_FORM_FIELDS} parts")
+    def into(parts: list[Any]) -> Callable[[Any], None]:
+        def on_part(part: Any) -> None:
+            parts.append(part)
+            if len(fields) + len(files) > _MAX_FORM_FIELDS:
+                raise ProtocolError(f"the form has more than {_MAX_FORM_FIELDS} parts")
+        return on_part
 
     # Everything stays in memory (the body is bounded already): nothing is written to disk.
     config = {"MAX_MEMORY_FILE_SIZE": len(body) + 1, "MAX_BODY_SIZE": len(body) + 1}
-    parser = FormParser("multipart/form-data", on_field, on_file, boundary=boundary, config=config)
+    parser = FormParser("multipart/form-data", into(fields), into(files), boundary=boundary, config=config)
     try:
         parser.write(body)
         parser.finalize()
@@ -329,8 +327,7 @@ async def health(request: Request) -> Response:
 @router.get("/ready", summary="Readiness: 200 once the model is loaded, 503 while loading or draining")
 async def ready(request: Request) -> Response:
     service = _service(request)
-    ok = service.ready and not service.draining and service.engine_available
-    return json_reply(service.health(), 200 if ok else 503)
+    return json_reply(service.health(), 200 if service.serving else 503)
 
 
 @router.get("/", summary="What this service is, and where its endpoints are")

@@ -4,6 +4,7 @@ its generation as soon as the client goes."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -14,9 +15,12 @@ from wire.errors import ServiceError
 from wire.http import error_body, error_headers, status_of
 
 
-def error_reply(error: ServiceError) -> JSONResponse:
-    status = status_of(error)
-    return JSONResponse(error_body(error, status), status_code=status, headers=error_headers(error, status))
+def error_reply(error: ServiceError, status: int | None = None,
+                headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """The one error reply: ``error``'s status (or ``status``), its body, Retry-After when retryable."""
+    status = status or status_of(error)
+    return JSONResponse(error_body(error, status), status_code=status,
+                        headers={**error_headers(error, status), **(headers or {})})
 
 
 def json_reply(payload: Any, status: int = 200) -> JSONResponse:
